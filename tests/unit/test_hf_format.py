@@ -1,0 +1,131 @@
+"""Hugging Face folders: safetensors and .bin, dtypes, format detection and bad input."""
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+
+import workbench as wb
+from tiny_hf import write_hf_folder
+
+
+def test_safetensors_folder_logits_equal_hf(hf_folder, tiny_model):
+    _, reference = hf_folder
+    tokens = tiny_model.to_tokens("the cat sat on the mat . what is the capital of france ?")
+    with torch.no_grad():
+        ours = tiny_model(tokens)
+        theirs = reference(tokens).logits
+    assert ours.shape == theirs.shape == (1, tokens.shape[1], reference.config.vocab_size)
+    assert (ours - theirs).abs().max().item() <= 1e-5
+    assert tiny_model.source.format == "hf"
+
+
+def test_bin_folder_loads_same_weights(tmp_path):
+    reference = write_hf_folder(tmp_path / "bin", seed=3, safe_serialization=False)
+    assert not list((tmp_path / "bin").glob("*.safetensors"))
+    model = wb.load_model(tmp_path / "bin", device="cpu")
+    tokens = model.to_tokens("the dog ran to the house")
+    with torch.no_grad():
+        assert (model(tokens) - reference(tokens).logits).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_dtype_is_passed_through(hf_folder, dtype):
+    model = wb.load_model(hf_folder[0], dtype=dtype, device="cpu")
+    assert model.dtype == getattr(torch, dtype)
+    assert model.info()["dtype"] == dtype
+    logits = model("the cat")
+    assert torch.isfinite(logits.float()).all()
+
+
+def test_bad_dtype_is_named():
+    with pytest.raises(ValueError, match="dtype='int8'"):
+        wb.load_model(None, dtype="int8")
+
+
+class _Planted:
+    """Unpickling this would create a marker file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_bin_is_refused_and_not_executed(tmp_path):
+    folder = tmp_path / "evil"
+    write_hf_folder(folder, safe_serialization=False)
+    marker = tmp_path / "code-ran"
+    state = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    with open(folder / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"weights": state, "payload": _Planted(str(marker))}, f)
+    with pytest.raises(wb.CheckpointError, match="pytorch_model.bin") as err:
+        wb.load_model(folder, device="cpu")
+    assert "not run" in str(err.value) or "legacy" in str(err.value)
+    assert not marker.exists()
+
+
+def test_malicious_zip_pickle_is_refused(tmp_path):
+    folder = tmp_path / "evil-zip"
+    write_hf_folder(folder, safe_serialization=False)
+    marker = tmp_path / "code-ran"
+    torch.save({"payload": _Planted(str(marker))}, folder / "pytorch_model.bin")
+    with pytest.raises(wb.CheckpointError, match="was not run"):
+        wb.load_model(folder, device="cpu")
+    assert not marker.exists()
+
+
+def test_truncated_safetensors_names_the_file(tmp_path):
+    folder = tmp_path / "cut"
+    write_hf_folder(folder)
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(wb.CheckpointError, match=r"model\.safetensors.*truncated"):
+        wb.load_model(folder, device="cpu")
+
+
+def test_other_architecture_is_refused(tmp_path):
+    folder = tmp_path / "gpt2"
+    write_hf_folder(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"], config["architectures"] = "gpt2", ["GPT2LMHeadModel"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(wb.CheckpointError, match="config.json.*gpt2"):
+        wb.load_model(folder, device="cpu")
+
+
+def test_folder_matching_no_format(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(wb.CheckpointError, match="matches no checkpoint format.*notes.txt"):
+        wb.load_model(tmp_path)
+
+
+def test_missing_path_and_hub_id_detection(tmp_path):
+    with pytest.raises(wb.CheckpointError, match="no such file or folder"):
+        wb.load_model(tmp_path / "nope")
+    assert wb.detect_format("meta-llama/Llama-2-7b-hf") == ("hub", "meta-llama/Llama-2-7b-hf")
+    assert wb.detect_format(None) == ("embedded", None)
+
+
+def test_hub_id_offline_gives_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(wb.CheckpointError, match="hub id"):
+        wb.load_model("nobody-here/not-a-model", device="cpu")
+
+
+def test_remote_code_is_never_trusted(tmp_path, hf_folder):
+    folder = tmp_path / "remote"
+    reference = write_hf_folder(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "evil.py").write_text(f"open({str(tmp_path / 'code-ran')!r}, 'w')\n")
+    model = wb.load_model(folder, device="cpu")
+    assert not (tmp_path / "code-ran").exists()
+    tokens = model.to_tokens("the cat")
+    assert (model(tokens) - reference(tokens).logits).abs().max().item() <= 1e-5
+    assert os.path.exists(folder / "evil.py")

@@ -1,0 +1,146 @@
+"""The ``workbench`` command: headless jobs over the same library the notebooks use.
+
+    workbench info [MODEL]      architecture, size, dtype, device, hooks, source, checksum status
+    workbench verify PATH       integrity check of a checkpoint (exit code 0 ok / 1 failed)
+    workbench hooks [MODEL]     the hook catalogue (name, shape, what it is)
+    workbench demo [MODEL]      the main job: info, a generated answer, activation norms by layer
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from workbench.errors import WorkbenchError
+
+console = Console()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args) or 0
+    except WorkbenchError as err:
+        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="workbench", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command")
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("model", nargs="?", help="checkpoint folder, .gguf file or hub id (default: embedded SmolLM2)")
+        p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+        p.add_argument("--no-verify", action="store_true", help="skip checklist verification")
+
+    p = sub.add_parser("info", help="describe a model")
+    model_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=cmd_info)
+
+    p = sub.add_parser("verify", help="check a checkpoint's checksums and file structure")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_verify)
+
+    p = sub.add_parser("hooks", help="list the hook catalogue")
+    model_args(p)
+    p.add_argument("--filter", default=None, help="glob on hook names, e.g. 'blocks.*.hook_resid_post'")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_hooks)
+
+    p = sub.add_parser("demo", help="the main job on a model (default: the embedded one)")
+    model_args(p)
+    p.add_argument("--prompt", default="Q: What is the capital of France?\nA:")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.set_defaults(run=cmd_demo)
+    return parser
+
+
+def _load(args):
+    from workbench.models.loading import load_model
+
+    with console.status(f"loading {args.model or 'the embedded model'} ..."):
+        return load_model(args.model, dtype=args.dtype, device=args.device, verify=not args.no_verify)
+
+
+def print_info(info: dict) -> None:
+    table = Table(title=f"model: {info['name']}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in info.items():
+        if key == "n_params":
+            value = f"{value:,}"
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+def cmd_info(args) -> int:
+    info = _load(args).info()
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        print_info(info)
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from workbench.models.verify import verify_checkpoint
+
+    report = verify_checkpoint(args.path, progress=not args.json and sys.stderr.isatty())
+    if args.json:
+        print(json.dumps({"path": report.path, "ok": report.ok, "checklists": report.checklists,
+                          "checks": report.frame().to_dict("records")}, indent=2))
+        return 0 if report.ok else 1
+    table = Table(title=f"verify {report.path}")
+    for column in ("file", "check", "status", "detail"):
+        table.add_column(column)
+    colours = {"ok": "green", "mismatch": "red", "missing": "red", "corrupt": "red"}
+    for c in report.checks:
+        table.add_row(c.file, c.check, f"[{colours[c.status]}]{c.status}[/]", c.detail)
+    console.print(table)
+    if not report.has_checklist:
+        console.print("no checklist.chk or *.sha256 found: checked file structure only")
+    if not report.checks:
+        console.print("[red]nothing to verify: no checklist and no weight files[/]")
+    console.print("[green]OK[/]" if report.ok else "[bold red]FAILED[/]")
+    return 0 if report.ok else 1
+
+
+def cmd_hooks(args) -> int:
+    from workbench.hooks import names_filter_fn
+
+    frame = _load(args).hook_catalogue()
+    if args.filter:
+        frame = frame[frame["name"].map(names_filter_fn(args.filter))]
+    if args.json:
+        print(frame.to_json(orient="records", indent=2))
+        return 0
+    table = Table(title=f"{len(frame)} hooks")
+    for column in ("name", "shape", "description"):
+        table.add_column(column)
+    for row in frame.itertuples():
+        table.add_row(row.name, row.shape, row.description)
+    console.print(table)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from workbench.demo import run_demo
+
+    run_demo(_load(args), prompt=args.prompt, max_new_tokens=args.max_new_tokens, console=console)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

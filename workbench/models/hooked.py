@@ -1,0 +1,249 @@
+"""The object a researcher holds: a hooked LLaMA model with its provenance.
+
+The transformer itself is TransformerLens's ``TransformerBridge`` over a Hugging Face
+``LlamaForCausalLM`` (DESIGN.md: we do not re-implement the transformer). ``HookedLlama`` adds
+what the bridge does not know: where the weights came from, whether their checksums were
+verified, a hook catalogue, and hooks that are temporary by default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+
+@dataclass
+class ModelSource:
+    """Where a model came from and what we know about its integrity.
+
+    Attributes:
+        format: "embedded", "meta", "hf", "gguf" or "hub".
+        path: the file, folder or hub id that was loaded.
+        name: a short human name (folder or file name, or the embedded model's name).
+        fingerprint: sha256 identifying the checkpoint files (see ``checkpoint_fingerprint``).
+        checksum_status: "verified", "skipped" (a checklist exists but verification was turned
+            off) or "no checklist".
+        details: format-specific facts (GGUF quantization type, number of Meta shards ...).
+    """
+
+    format: str
+    path: str
+    name: str
+    fingerprint: str | None = None
+    checksum_status: str = "no checklist"
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class HookedLlama:
+    """A LLaMA-family model with TransformerLens hooks on every layer.
+
+    Hook names are TransformerLens's canonical ones (``blocks.{i}.hook_resid_post``,
+    ``blocks.{i}.attn.hook_pattern``, ``blocks.{i}.mlp.hook_post`` ...). Hooks added through
+    :meth:`hooks`, :meth:`run_with_hooks` and :meth:`run_with_cache` are removed when the call
+    ends, even on error. The underlying bridge is ``model.bridge``; the HF model is
+    ``model.hf_model``.
+
+    >>> import workbench as wb
+    >>> model = wb.load_model()                                   # doctest: +SKIP
+    >>> logits, cache = model.run_with_cache("The capital of France is")  # doctest: +SKIP
+    >>> cache["blocks.0.hook_resid_post"].shape                   # doctest: +SKIP
+    torch.Size([1, 6, 576])
+    """
+
+    def __init__(self, bridge: TransformerBridge, hf_model: torch.nn.Module, source: ModelSource):
+        self.bridge = bridge
+        self.hf_model = hf_model
+        self.source = source
+        self._catalogue: pd.DataFrame | None = None
+
+    # --- running --------------------------------------------------------------------------
+
+    def __call__(self, input: Any, **kwargs: Any) -> Any:
+        """Forward pass: text, list of texts or token tensor -> logits ``[batch, pos, d_vocab]``."""
+        return self.bridge(input, **kwargs)
+
+    def run_with_cache(self, input: Any, names_filter: Any = None, **kwargs: Any):
+        """Run the model and return ``(logits, cache)`` for the hooks ``names_filter`` selects.
+
+        Args:
+            input: a string, a list of strings or a ``[batch, pos]`` token tensor.
+            names_filter: hook names, glob patterns (``"blocks.*.hook_resid_post"``), or a
+                predicate on names; ``None`` caches every hook.
+            **kwargs: passed to ``TransformerBridge.run_with_cache``.
+        """
+        from workbench.hooks import names_filter_fn
+
+        return self.bridge.run_with_cache(
+            input, names_filter=names_filter_fn(names_filter), **kwargs
+        )
+
+    def run_with_hooks(self, input: Any, fwd_hooks=(), bwd_hooks=(), **kwargs: Any):
+        """Run with temporary hooks: ``fwd_hooks`` is a list of ``(name or predicate, fn)``."""
+        return self.bridge.run_with_hooks(
+            input, fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks), **kwargs
+        )
+
+    def hooks(self, fwd_hooks=(), bwd_hooks=()) -> contextlib.AbstractContextManager:
+        """Context manager adding hooks for the duration of a ``with`` block.
+
+        >>> def zero(act, hook):                                      # doctest: +SKIP
+        ...     return act * 0
+        >>> with model.hooks([("blocks.3.hook_mlp_out", zero)]):       # doctest: +SKIP
+        ...     logits = model("Hello")
+        """
+        return self.bridge.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks))
+
+    def reset_hooks(self) -> None:
+        """Remove every hook, including permanent ones added through ``model.bridge``."""
+        self.bridge.reset_hooks(including_permanent=True)
+
+    def active_hook_count(self) -> int:
+        """Number of hook functions currently attached (0 outside hook contexts)."""
+        return sum(
+            len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in set(self.bridge.hook_dict.values())
+        )
+
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 20,
+        *,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop_at_eos: bool = True,
+        include_prompt: bool = True,
+    ) -> str:
+        """Continue ``prompt``: greedy by default, sampled with ``do_sample=True``.
+
+        Sampling with the same ``seed`` gives the same text; the global torch RNG is left as
+        it was.
+
+        >>> model.generate("Q: What is the capital of France?\\nA:", max_new_tokens=5)  # doctest: +SKIP
+        'Q: What is the capital of France?\\nA: Paris'
+        """
+        rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+        with rng, torch.no_grad():
+            if seed is not None:
+                torch.manual_seed(seed)
+            text = self.bridge.generate(
+                prompt,
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                stop_at_eos=stop_at_eos,
+                return_type="str",
+                verbose=False,
+            )
+        if not include_prompt and text.startswith(prompt):
+            return text[len(prompt) :]
+        return text
+
+    # --- tokens ---------------------------------------------------------------------------
+
+    def to_tokens(self, input: str | list[str], prepend_bos: bool | None = None, **kwargs):
+        """Text -> token ids ``[batch, pos]`` (BOS prepended by default)."""
+        return self.bridge.to_tokens(input, prepend_bos=prepend_bos, **kwargs)
+
+    def to_str_tokens(self, input: Any, prepend_bos: bool | None = None, **kwargs) -> list:
+        """Text or token ids -> list of token strings."""
+        return self.bridge.to_str_tokens(input, prepend_bos=prepend_bos, **kwargs)
+
+    def to_string(self, tokens: Any) -> str | list[str]:
+        """Token ids -> text."""
+        return self.bridge.to_string(tokens)
+
+    @property
+    def tokenizer(self):
+        return self.bridge.tokenizer
+
+    @property
+    def cfg(self):
+        """TransformerLens config: ``n_layers``, ``d_model``, ``n_heads``, ``d_head`` ..."""
+        return self.bridge.cfg
+
+    # --- description ----------------------------------------------------------------------
+
+    def hook_catalogue(self) -> pd.DataFrame:
+        """Every hook that fires in a forward pass: name, layer, shape, what it is.
+
+        See :func:`workbench.hooks.hook_catalogue`.
+        """
+        from workbench.hooks import hook_catalogue
+
+        if self._catalogue is None:
+            self._catalogue = hook_catalogue(self)
+        return self._catalogue.copy()
+
+    def hook_names(self) -> list[str]:
+        return self.hook_catalogue()["name"].tolist()
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.hf_model.parameters())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf_model.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    def info(self) -> dict[str, Any]:
+        """Architecture, size, placement, provenance and integrity as a flat dict."""
+        c = self.hf_model.config
+        rope = getattr(c, "rope_parameters", None) or {}
+        return {
+            "name": self.source.name,
+            "format": self.source.format,
+            "source": self.source.path,
+            "architecture": type(self.hf_model).__name__,
+            "n_layers": c.num_hidden_layers,
+            "d_model": c.hidden_size,
+            "n_heads": c.num_attention_heads,
+            "n_kv_heads": c.num_key_value_heads,
+            "d_head": self.cfg.d_head,
+            "d_mlp": c.intermediate_size,
+            "d_vocab": c.vocab_size,
+            "n_ctx": c.max_position_embeddings,
+            "rope_theta": rope.get("rope_theta"),
+            "n_params": self.n_params,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "n_hooks": len(self.hook_catalogue()),
+            "checksum_status": self.source.checksum_status,
+            "fingerprint": self.source.fingerprint,
+            **{f"detail.{k}": v for k, v in self.source.details.items()},
+        }
+
+    def __repr__(self) -> str:
+        c = self.hf_model.config
+        return (
+            f"HookedLlama({self.source.name!r}, format={self.source.format}, "
+            f"layers={c.num_hidden_layers}, d_model={c.hidden_size}, dtype={self.dtype}, "
+            f"device={self.device})"
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else TransformerLens offers (W_U, blocks, ...) stays reachable, except
+        # permanent hook registration, which must be asked for explicitly on model.bridge.
+        if name in {"bridge", "hf_model", "source", "_catalogue"}:
+            raise AttributeError(name)
+        if name == "add_hook":
+            raise AttributeError(
+                "HookedLlama has no add_hook: hooks are temporary by default. Use "
+                "model.hooks([...]) or model.run_with_hooks(...); for a hook that must outlive "
+                "the call, use model.bridge.add_hook and remove it with model.reset_hooks()."
+            )
+        return getattr(self.bridge, name)
+
