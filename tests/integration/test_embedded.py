@@ -1,0 +1,97 @@
+"""The embedded SmolLM2-135M-Instruct model, end to end."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+import workbench as wb
+from workbench.models import embedded as emb
+
+pytestmark = pytest.mark.integration
+
+
+def test_logits_equal_hf_on_same_weights(embedded):
+    folder = embedded.hf_model.config._name_or_path
+    reference = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+    tokens = embedded.to_tokens(["The capital of France is Paris, and the capital of Italy is"])
+    with torch.no_grad():
+        ours, theirs = embedded(tokens), reference(tokens).logits
+    assert (ours - theirs).abs().max().item() <= 1e-4
+    sdpa = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa").eval()
+    with torch.no_grad():
+        assert (ours - sdpa(tokens).logits).abs().max().item() <= 1e-3  # kernel reordering only
+
+
+def test_architecture_is_smollm2(embedded):
+    info = embedded.info()
+    assert (info["n_layers"], info["d_model"], info["n_heads"], info["n_kv_heads"]) == (30, 576, 9, 3)
+    assert info["format"] == "embedded" and info["name"] == "SmolLM2-135M-Instruct"
+    assert 134_000_000 < info["n_params"] < 136_000_000
+
+
+def test_run_with_cache_returns_every_catalogued_hook_with_its_shape(embedded):
+    catalogue = embedded.hook_catalogue()
+    text = "The capital of France is"
+    n_pos = len(embedded.to_str_tokens(text))
+    _, cache = embedded.run_with_cache(text)
+    assert list(cache.keys()) == list(catalogue["name"])
+    sizes = {"batch": 1, "pos": n_pos, "d_model": 576, "d_mlp": 1536, "d_vocab": 49152,
+             "n_heads": 9, "n_kv_heads": 3, "d_head": 64, "1": 1}
+    for row in catalogue.itertuples():
+        expected = tuple(sizes[d] for d in row.shape.strip("[]").split(", "))
+        assert tuple(cache[row.name].shape) == expected, row.name
+    assert len(catalogue) == 1393
+
+
+def test_generates_the_right_answer(embedded):
+    answer = embedded.generate("Q: What is the capital of France?\nA:", max_new_tokens=8, include_prompt=False)
+    assert "Paris" in answer
+
+
+def test_conversion_cache_survives_a_killed_writer(tmp_path, monkeypatch):
+    """A half-written conversion (killed process) is ignored and replaced by a whole one."""
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    fingerprint = wb.models.verify.checkpoint_fingerprint(emb.embedded_gguf_path())
+    target = tmp_path / f"{emb.EMBEDDED_NAME}-{fingerprint[:16]}"
+    # Kill a conversion mid-write: a child process starts converting and is killed.
+    child = subprocess.Popen(
+        [sys.executable, "-u", "-c", "from workbench.models.embedded import converted_embedded_model as c; "
+         f"c({fingerprint!r})"], env={**os.environ, "WORKBENCH_CACHE": str(tmp_path)},
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    child.stdout.readline()  # it has announced the conversion
+    import time
+
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob("*.tmp-*/model.safetensors")):
+        time.sleep(0.05)
+    child.kill()
+    child.wait()
+    assert not (target / "COMPLETE").exists()
+    folder = emb.converted_embedded_model(fingerprint, progress=False)
+    assert folder == target and (folder / "COMPLETE").exists()
+    assert not list(tmp_path.glob("*.tmp-*"))
+    model = wb.load_model(device="cpu")
+    assert model.hf_model.config._name_or_path == str(target)
+
+
+def test_second_load_uses_the_cache(embedded, monkeypatch):
+    calls = []
+    import workbench.models.gguf_format as gguf_format
+
+    monkeypatch.setattr(gguf_format, "load_gguf", lambda *a, **k: calls.append(a))
+    again = wb.load_model(device="cpu")
+    assert calls == []  # no re-dequantization
+    assert Path(again.hf_model.config._name_or_path).name.startswith(emb.EMBEDDED_NAME)
+
+
+def test_demo_runs(capsys):
+    from workbench.cli import main
+
+    assert main(["demo", "--max-new-tokens", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "Paris" in out and "blocks.29" not in out and "residual stream norms" in out
