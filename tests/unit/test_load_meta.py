@@ -51,3 +51,13 @@ def test_meta_checklist_mismatch_blocks_loading(meta_folder, tmp_path):
         wb.load_model(folder, device="cpu")
     assert main(["verify", str(folder)]) == 1
     assert main(["verify", str(meta_folder[0])]) == 0
+
+
+@pytest.mark.parametrize("device_map", ["auto", {"": "cpu"}])
+def test_device_map_is_applied_to_converted_formats(meta_folder, device_map):
+    folder, ref = meta_folder
+    model = wb.load_model(folder, device_map=device_map)
+    assert set(model.hf_model.hf_device_map.values()) <= {"cpu", 0, "cuda:0"}
+    tokens = model.to_tokens("The quick brown fox.")
+    with torch.no_grad():
+        assert (model(tokens) - reference_forward(ref["weights"], ref["params"], tokens)).abs().max() <= 1e-5

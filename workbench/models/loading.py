@@ -81,6 +81,8 @@ def load_model(
     hf_model, tokenizer = _load_hf_model(kind, path, torch_dtype, device_map)
     if device_map is None:
         hf_model = hf_model.to(device or _default_device())
+    elif not getattr(hf_model, "hf_device_map", None):
+        hf_model = _dispatch(hf_model, device_map)  # loaders that cannot place layers themselves
     hf_model.eval()
     bridge = _boot_bridge(hf_model, tokenizer, torch_dtype)
     return HookedLlama(bridge, hf_model, source_info)
@@ -269,6 +271,17 @@ def _model_from_torch_bins(folder: Path, bins: list[Path], config: LlamaConfig, 
         )
     model.model.rotary_emb = type(model.model.rotary_emb)(config=config)  # buffers were on meta
     return model.to(dtype)
+
+
+def _dispatch(model, device_map: str | dict):
+    """Place a loaded model's layers with accelerate (``"auto"``, ``"balanced"`` or a dict)."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    if isinstance(device_map, str):
+        device_map = infer_auto_device_map(
+            model, no_split_module_classes=model._no_split_modules, dtype=model.dtype
+        )
+    return dispatch_model(model, device_map=device_map)
 
 
 def _load_from_hub(name: str, dtype: torch.dtype, device_map):
