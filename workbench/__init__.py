@@ -10,16 +10,21 @@ from workbench.hooks import hook_catalogue, names_filter_fn, select_hooks
 from workbench.models.hooked import HookedLlama, ModelSource
 from workbench.models.loading import detect_format, load_model
 from workbench.models.verify import VerifyReport, verify_checkpoint
+from workbench.store import ActivationStore, ShardedArray, StoreError, cache_activations
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivationStore",
     "CheckpointError",
     "ChecksumError",
     "HookedLlama",
     "ModelSource",
+    "ShardedArray",
+    "StoreError",
     "VerifyReport",
     "WorkbenchError",
+    "cache_activations",
     "detect_format",
     "hook_catalogue",
     "load_model",

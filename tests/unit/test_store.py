@@ -1,0 +1,252 @@
+"""The activation store: numbers against run_with_cache, streaming, resume after kill -9, bad input."""
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import workbench as wb
+
+TEXTS = [
+    "the cat sat on the mat",
+    "the dog",
+    "what is the capital of france ?",
+    "red",
+    "paris is the capital of france and rome is the capital of italy",
+    "the house was blue",
+    "a dog ran to a cat",
+]
+HOOKS = ["blocks.*.hook_resid_post", "blocks.1.attn.hook_z", "blocks.0.mlp.hook_post"]
+
+
+def _reference(model, text, hook):
+    _, cache = model.run_with_cache(text, names_filter=hook)
+    return cache[hook][0].numpy()  # [pos, *features]
+
+
+@pytest.mark.parametrize("path", [None, "disk"])
+@pytest.mark.parametrize("positions", ["all", "last", "mean", slice(-3, None), [0, 1, -1, 1, 5, -2, 2]])
+def test_stored_activations_equal_run_with_cache(tiny_model, tmp_path, path, positions):
+    store = wb.cache_activations(tiny_model, TEXTS, hooks=HOOKS, positions=positions, batch_size=3,
+                                 shard_size=4, path=tmp_path / "s" if path else None, progress=False)
+    assert len(store) == len(TEXTS) and store.complete
+    # Forward order, as in the catalogue.
+    assert store.hooks == ["blocks.0.mlp.hook_post", "blocks.0.hook_resid_post", "blocks.1.attn.hook_z",
+                           "blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
+    for i, text in enumerate(TEXTS):
+        n = len(tiny_model.to_str_tokens(text))
+        assert store.tokens(i) == tiny_model.to_str_tokens(text)
+        for hook in store.hooks:
+            ref = _reference(tiny_model, text, hook)
+            got = store.example(hook, i)
+            if positions == "all":
+                expected = ref
+            elif positions == "last":
+                expected = ref[-1]
+            elif positions == "mean":
+                expected = ref[1:].mean(0) if n > 1 else ref[0]
+            elif isinstance(positions, slice):
+                expected = ref[positions]
+            else:
+                expected = ref[positions[i]]
+            assert got.shape == expected.shape, (hook, i)
+            np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)  # batched vs single: BLAS order
+
+
+def test_metadata_columns_and_input_kinds(tiny_model):
+    frame = pd.DataFrame({"sentence": TEXTS, "label": [0, 1, 0, 1, 1, 0, 1], "group": list("aabbccd")})
+    store = wb.cache_activations(tiny_model, frame, text_column="sentence", hooks="blocks.1.hook_resid_post", progress=False)
+    assert store.meta[["text", "label", "group"]].values.tolist() == frame.values.tolist()
+    assert store.meta["n_tokens"].tolist() == [len(tiny_model.to_str_tokens(t)) for t in TEXTS]
+    from_series = wb.cache_activations(tiny_model, pd.Series(TEXTS), hooks="blocks.1.hook_resid_post", progress=False)
+    from_generator = wb.cache_activations(tiny_model, (t for t in TEXTS), hooks="blocks.1.hook_resid_post", progress=False)
+    x = store["blocks.1.hook_resid_post"]
+    assert np.array_equal(np.asarray(x), np.asarray(from_series["blocks.1.hook_resid_post"]))
+    assert np.array_equal(np.asarray(x), np.asarray(from_generator["blocks.1.hook_resid_post"]))
+    by_column = wb.cache_activations(tiny_model, frame.assign(pos=1), text_column="sentence",
+                                     hooks="blocks.0.hook_resid_post", positions="pos", progress=False)
+    assert by_column.positions_of(0) == [1]
+
+
+def test_disk_store_is_memory_mapped_and_zero_copy(tiny_model, tmp_path):
+    wb.cache_activations(tiny_model, TEXTS, hooks=HOOKS, positions="all", path=tmp_path / "s",
+                         dtype="float16", shard_size=3, progress=False)
+    store = wb.ActivationStore.open(tmp_path / "s")
+    X = store["blocks.2.hook_resid_post"]
+    assert X.dtype == np.float16 and len(X.parts) == 3
+    assert all(isinstance(p, np.memmap) for p in X.parts)
+    tensor = X.torch_parts()[0]
+    assert tensor.dtype == torch.float16 and np.shares_memory(tensor.numpy(), X.parts[0])
+    full = np.asarray(X)
+    assert full.shape == (store.meta["row_stop"].iloc[-1], 64)
+    assert np.array_equal(X[3:17], full[3:17]) and np.array_equal(X[[0, 16, 5]], full[[0, 16, 5]])
+    assert np.array_equal(X[-1], full[-1]) and np.array_equal(X[full[:, 0] > 0], full[full[:, 0] > 0])
+    assert np.array_equal(X[2:9, :4], full[2:9, :4])
+    assert store["blocks.1.attn.hook_z"].shape == (len(full), 4, 16)
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["complete"] and [s["name"] for s in manifest["shards"]] == ["00000", "00001", "00002"]
+    assert manifest["config"]["model"]["fingerprint"] == tiny_model.source.fingerprint
+    assert {"torch", "transformers", "numpy"} <= set(manifest["versions"])
+    with pytest.raises(KeyError, match="closest"):
+        store["blocks.2.hook_resid_pst"]
+
+
+def test_to_activation_cache(tiny_model):
+    store = wb.cache_activations(tiny_model, TEXTS[:2], hooks="blocks.*.hook_resid_post", positions="all", progress=False)
+    cache = store.to_activation_cache(tiny_model, 0)
+    _, ref = tiny_model.run_with_cache(TEXTS[0], names_filter="blocks.*.hook_resid_post")
+    stacked, _ = cache.stack_activation("resid_post"), None
+    assert torch.allclose(stacked, torch.stack([ref[f"blocks.{i}.hook_resid_post"] for i in range(3)]), atol=1e-5)
+
+
+# --- crash safety -----------------------------------------------------------------------
+
+_CHILD = textwrap.dedent("""
+    import os, signal, sys
+    import workbench as wb
+    from workbench.store import writer
+    folder, out, mode, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    calls = {"n": 0}
+    def die_after(original):
+        def wrapper(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] > n:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(*args, **kwargs)
+        return wrapper
+    if mode == "write":      # mid-shard, while rows are being written
+        writer._DiskShard.write = die_after(writer._DiskShard.write)
+    elif mode == "record":   # a shard renamed into place but not yet in the manifest
+        writer.DiskSink.shard_done = die_after(writer.DiskSink.shard_done)
+    model = wb.load_model(folder, device="cpu")
+    TEXTS = {texts!r}
+    wb.cache_activations(model, TEXTS, hooks={hooks!r}, positions="all", path=out, batch_size=2,
+                         shard_size=3, dtype="float16", progress=False)
+""")
+
+
+def _files(folder: Path) -> dict:
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != "manifest.json":
+            out[str(p.relative_to(folder))] = p.read_bytes()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest.pop("created")
+    out["manifest"] = manifest
+    return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(hf_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "store"
+    model = wb.load_model(hf_folder[0], device="cpu")
+    wb.cache_activations(model, TEXTS, hooks=HOOKS, positions="all", path=out, batch_size=2,
+                         shard_size=3, dtype="float16", progress=False)
+    return _files(out)
+
+
+@pytest.mark.parametrize("mode,n", [("write", 0), ("write", 7), ("write", 32), ("record", 1), ("record", 2)])
+def test_kill_9_then_resume_gives_identical_store(hf_folder, tmp_path, uninterrupted, mode, n):
+    out = tmp_path / "store"
+    script = _CHILD.replace("{texts!r}", repr(TEXTS)).replace("{hooks!r}", repr(HOOKS))
+    child = subprocess.run([sys.executable, "-c", script, str(hf_folder[0]), str(out), mode, str(n)],
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == -9, child.stderr[-2000:]
+    partial = wb.ActivationStore.open(out)  # opens up to the last complete shard
+    assert not partial.complete and len(partial) in (0, 3, 6)
+    model = wb.load_model(hf_folder[0], device="cpu")
+    store = wb.cache_activations(model, TEXTS, hooks=HOOKS, positions="all", path=out, batch_size=2,
+                                 shard_size=3, dtype="float16", progress=False)
+    assert store.complete and len(store) == len(TEXTS)
+    assert _files(out) == uninterrupted
+    assert not list(out.rglob("*.tmp*"))
+
+
+def test_different_arguments_into_same_path_are_refused(tiny_model, tmp_path):
+    wb.cache_activations(tiny_model, TEXTS, hooks="blocks.0.hook_resid_post", path=tmp_path / "s", progress=False)
+    with pytest.raises(wb.StoreError, match="different arguments.*positions"):
+        wb.cache_activations(tiny_model, TEXTS, hooks="blocks.0.hook_resid_post", positions="all",
+                             path=tmp_path / "s", progress=False)
+    with pytest.raises(wb.StoreError, match="data_hash"):
+        wb.cache_activations(tiny_model, TEXTS[:3], hooks="blocks.0.hook_resid_post", path=tmp_path / "s", progress=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "thesis.tex").write_text("precious")
+    with pytest.raises(wb.StoreError, match="not an activation store"):
+        wb.cache_activations(tiny_model, TEXTS, path=tmp_path / "other", progress=False)
+    assert (tmp_path / "other" / "thesis.tex").read_text() == "precious"
+
+
+def test_disk_full_keeps_complete_shards_and_resumes(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setattr("workbench.store.writer.os.pwrite", _pwrite_failing_in_shard_1(os.pwrite))
+    with pytest.raises(wb.StoreError, match=r"shard 1 failed \(No space left on device\).*shards 0..0"):
+        wb.cache_activations(tiny_model, TEXTS, hooks=HOOKS, positions="all", path=tmp_path / "s",
+                             shard_size=3, progress=False)
+    partial = wb.ActivationStore.open(tmp_path / "s")
+    assert len(partial) == 3 and not partial.complete
+    assert not list((tmp_path / "s").rglob("*.tmp*"))
+    monkeypatch.undo()
+    store = wb.cache_activations(tiny_model, TEXTS, hooks=HOOKS, positions="all", path=tmp_path / "s",
+                                 shard_size=3, progress=False)
+    assert store.complete and len(store) == len(TEXTS)
+    np.testing.assert_allclose(store.example("blocks.2.hook_resid_post", 4),
+                               _reference(tiny_model, TEXTS[4], "blocks.2.hook_resid_post"), atol=1e-5)
+
+
+def _pwrite_failing_in_shard_1(real):
+    def pwrite(fd, data, offset):
+        if "/shards/00001.tmp" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data, offset)
+
+    return pwrite
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+def test_bad_input_is_named(tiny_model):
+    with pytest.raises(ValueError, match="matches no hook.*did you mean"):
+        wb.cache_activations(tiny_model, TEXTS, hooks="blocks.1.hook_resid_pots", progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        wb.cache_activations(tiny_model, [], progress=False)
+    with pytest.raises(TypeError, match="row 2 is float"):
+        wb.cache_activations(tiny_model, ["a", "b", float("nan")], progress=False)
+    with pytest.raises(TypeError, match="single string"):
+        wb.cache_activations(tiny_model, "the cat", progress=False)
+    with pytest.raises(ValueError, match="attention patterns"):
+        wb.cache_activations(tiny_model, TEXTS, hooks="blocks.0.attn.hook_pattern", progress=False)
+    with pytest.raises(ValueError, match="positions row 1: position 5"):
+        wb.cache_activations(tiny_model, TEXTS[:2], positions=[0, 5], progress=False)
+    with pytest.raises(ValueError, match="neither 'last'"):
+        wb.cache_activations(tiny_model, TEXTS, positions="first", progress=False)
+    with pytest.raises(ValueError, match="dtype"):
+        wb.cache_activations(tiny_model, TEXTS, dtype="int8", progress=False)
+
+
+def test_texts_longer_than_the_context(tiny_model):
+    long_text = " ".join(["the cat"] * 100)  # 201 tokens > n_ctx 128
+    with pytest.warns(UserWarning, match=r"1 texts longer than the context window \(128 tokens\).*rows \[1\]"):
+        store = wb.cache_activations(tiny_model, ["red", long_text], hooks="blocks.0.hook_resid_post",
+                                     positions="all", progress=False)
+    assert store.meta["n_tokens"].tolist() == [2, 128]
+    with pytest.raises(ValueError, match="row 1 has 201 tokens"):
+        wb.cache_activations(tiny_model, ["red", long_text], too_long="error", progress=False)
+
+
+def test_sharded_array_indexing():
+    parts = [np.arange(6).reshape(3, 2), np.arange(6, 8).reshape(1, 2), np.arange(8, 14).reshape(3, 2)]
+    X, full = wb.ShardedArray(parts), np.arange(14).reshape(7, 2)
+    assert X.shape == (7, 2) and len(X) == 7 and X.nbytes == full.nbytes
+    for index in [0, 3, -1, slice(None), slice(2, 5), slice(None, None, 2), [6, 0, 3], np.array([1, 1])]:
+        assert np.array_equal(X[index], full[index]), index
+    assert np.array_equal(X[(slice(1, 6), 1)], full[1:6, 1])
+    with pytest.raises(IndexError):
+        X[7]
