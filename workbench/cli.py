@@ -3,6 +3,7 @@
     workbench info [MODEL]      architecture, size, dtype, device, hooks, source, checksum status
     workbench verify PATH       integrity check of a checkpoint (exit code 0 ok / 1 failed)
     workbench hooks [MODEL]     the hook catalogue (name, shape, what it is)
+    workbench cache ...         cache activations over a dataset into a resumable on-disk store
     workbench demo [MODEL]      the main job: info, a generated answer, activation norms by layer
 """
 
@@ -23,12 +24,15 @@ console = Console()
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # our own bars say what is happening
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
     try:
         return args.run(args) or 0
-    except WorkbenchError as err:
+    except (WorkbenchError, ValueError, TypeError) as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False)
         return 1
 
@@ -58,6 +62,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", default=None, help="glob on hook names, e.g. 'blocks.*.hook_resid_post'")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_hooks)
+
+    p = sub.add_parser("cache", help="cache activations over a dataset (resumable)")
+    p.add_argument("--model", default=None, help="checkpoint (default: the embedded model)")
+    p.add_argument("--data", required=True, help="CSV, JSONL, Parquet or text file (one example per line)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--hooks", nargs="+", default=["blocks.*.hook_resid_post"], help="names or globs")
+    p.add_argument("--positions", default="last", help="last | mean | all | START:STOP | a column name")
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="on-disk dtype")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=int, default=None, help="only the first N examples")
+    p.add_argument("--too-long", default="truncate", choices=["truncate", "error"])
+    p.add_argument("--out", required=True, help="store folder (rerun the same command to resume)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(run=cmd_cache)
 
     p = sub.add_parser("demo", help="the main job on a model (default: the embedded one)")
     model_args(p)
@@ -133,6 +151,55 @@ def cmd_hooks(args) -> int:
         table.add_row(row.name, row.shape, row.description)
     console.print(table)
     return 0
+
+
+def cmd_cache(args) -> int:
+    from workbench.models.loading import load_model
+    from workbench.store import cache_activations
+
+    frame = read_table(args.data)
+    if args.limit is not None:
+        frame = frame.head(args.limit)
+    with console.status(f"loading {args.model or 'the embedded model'} ..."):
+        model = load_model(args.model, device=args.device)
+    store = cache_activations(model, frame, hooks=args.hooks, positions=parse_positions(args.positions),
+                              path=args.out, dtype=args.dtype, batch_size=args.batch_size,
+                              text_column=args.text_column, too_long=args.too_long)
+    console.print(f"{store!r}")
+    for hook in store.hooks[:3]:
+        console.print(f"  {hook}: {store[hook].shape} {store[hook].dtype}")
+    return 0
+
+
+def read_table(path: str):
+    """A data file as a DataFrame: ``.csv``, ``.tsv``, ``.jsonl``, ``.json``, ``.parquet`` or text lines."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    file = Path(path)
+    if not file.is_file():
+        raise WorkbenchError(f"{file}: no such data file")
+    try:
+        if file.suffix == ".csv":
+            return pd.read_csv(file)
+        if file.suffix == ".tsv":
+            return pd.read_csv(file, sep="\t")
+        if file.suffix in (".jsonl", ".json"):
+            return pd.read_json(file, lines=file.suffix == ".jsonl")
+        if file.suffix == ".parquet":
+            return pd.read_parquet(file)
+    except ValueError as err:
+        raise WorkbenchError(f"{file}: cannot parse: {err}") from None
+    return pd.DataFrame({"text": file.read_text().splitlines()})
+
+
+def parse_positions(text: str):
+    """``"last"``, ``"mean"``, ``"all"``, ``"START:STOP"`` (a slice) or a column name."""
+    if ":" in text:
+        start, stop = (int(x) if x else None for x in text.split(":", 1))
+        return slice(start, stop)
+    return text
 
 
 def cmd_demo(args) -> int:

@@ -102,15 +102,21 @@ def select_hooks(model: HookedLlama, selection: HookSelection) -> list[str]:
     ['blocks.10.hook_resid_post', 'blocks.11.hook_resid_post']
     """
     names = model.hook_names()
-    keep = names_filter_fn(selection)
-    chosen = names if keep is None else [n for n in names if keep(n)]
-    if not chosen:
-        import difflib
+    if selection is None or callable(selection):
+        chosen = names if selection is None else [n for n in names if selection(n)]
+        if not chosen:
+            raise ValueError("the hook predicate matches no hook of this model")
+        return chosen
+    patterns = [selection] if isinstance(selection, str) else list(selection)
+    for pattern in patterns:  # each pattern must match something: a typo must not pass silently
+        if not any(names_filter_fn(pattern)(n) for n in names):
+            import difflib
 
-        wanted = selection if isinstance(selection, str) else str(selection)
-        close = difflib.get_close_matches(wanted, names, n=3)
-        hint = f"; did you mean {close}?" if close else ""
-        raise ValueError(f"hooks={wanted!r} matches no hook of this model{hint}")
+            close = difflib.get_close_matches(pattern, names, n=3)
+            hint = f"; did you mean {close}?" if close else ""
+            raise ValueError(f"hooks={pattern!r} matches no hook of this model{hint}")
+    keep = names_filter_fn(patterns)
+    chosen = [n for n in names if keep(n)]
     return chosen
 
 

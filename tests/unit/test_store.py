@@ -250,3 +250,27 @@ def test_sharded_array_indexing():
     assert np.array_equal(X[(slice(1, 6), 1)], full[1:6, 1])
     with pytest.raises(IndexError):
         X[7]
+
+
+def test_one_mistyped_pattern_among_good_ones_is_named(tiny_model):
+    with pytest.raises(ValueError, match=r"hooks='blocks.0.hook_mlp_ot' matches no hook.*blocks.0.hook_mlp_out"):
+        wb.cache_activations(tiny_model, TEXTS, hooks=["blocks.*.hook_resid_post", "blocks.0.hook_mlp_ot"], progress=False)
+
+
+def test_cli_cache_writes_and_resumes(hf_folder, tmp_path, capsys):
+    from workbench.cli import main
+
+    data = tmp_path / "data.jsonl"
+    pd.DataFrame({"sentence": TEXTS, "label": range(len(TEXTS))}).to_json(data, orient="records", lines=True)
+    args = ["cache", "--model", str(hf_folder[0]), "--data", str(data), "--text-column", "sentence",
+            "--hooks", "blocks.*.hook_resid_post", "blocks.1.attn.hook_z", "--positions=-2:",
+            "--dtype", "float32", "--batch-size", "2", "--out", str(tmp_path / "store"), "--device", "cpu"]
+    assert main(args) == 0
+    store = wb.ActivationStore.open(tmp_path / "store")
+    assert store.complete and store.meta["label"].tolist() == list(range(len(TEXTS)))
+    assert store["blocks.1.attn.hook_z"].shape == (2 * len(TEXTS), 4, 16)
+    before = (tmp_path / "store" / "shards" / "00000" / "blocks.0.hook_resid_post.npy").read_bytes()
+    assert main(args) == 0  # a finished store: rerunning changes nothing
+    assert (tmp_path / "store" / "shards" / "00000" / "blocks.0.hook_resid_post.npy").read_bytes() == before
+    assert main(args[:-4] + ["--positions", "last", "--out", str(tmp_path / "store")]) == 1
+    assert "different arguments" in capsys.readouterr().out
