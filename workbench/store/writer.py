@@ -257,7 +257,7 @@ def _data_hash(frame: pd.DataFrame, text_column: str) -> str:
 def _run(model, plan: Plan, config: dict, sink, progress: bool) -> None:
     hooks, policy = config["hooks"], config["positions"]
     np_dtype = STORE_DTYPES[config["dtype"]]
-    stop_at = _stop_layer(hooks, model.cfg.n_layers)
+    stop_at = _stop_layer(hooks)
     todo = [(k, span) for k, span in enumerate(plan.shards(config["shard_size"])) if not sink.has_shard(k)]
     lengths = plan.meta["n_tokens"].to_numpy()
     bar = _progress_bar(int(sum(lengths[a:b].sum() for _, (a, b) in todo)), progress)
@@ -289,15 +289,14 @@ def _run(model, plan: Plan, config: dict, sink, progress: bool) -> None:
         bar.close()
 
 
-def _stop_layer(hooks: list[str], n_layers: int) -> int | None:
+def _stop_layer(hooks: list[str]) -> int | None:
     # Blocks after the last cached one (and the unembedding) need not run at all.
     layers = []
     for hook in hooks:
         if not hook.startswith("blocks."):
             return None
         layers.append(int(hook.split(".")[1]))
-    last = max(layers) + 1
-    return last if last < n_layers else None
+    return max(layers) + 1  # n_layers still skips the final norm and the unembedding
 
 
 def _forward(model, plan: Plan, batch: np.ndarray, hooks: list[str], pad_id: int, stop_at: int | None):
