@@ -257,7 +257,6 @@ def _data_hash(frame: pd.DataFrame, text_column: str) -> str:
 def _run(model, plan: Plan, config: dict, sink, progress: bool) -> None:
     hooks, policy = config["hooks"], config["positions"]
     np_dtype = STORE_DTYPES[config["dtype"]]
-    stop_at = _stop_layer(hooks)
     todo = [(k, span) for k, span in enumerate(plan.shards(config["shard_size"])) if not sink.has_shard(k)]
     lengths = plan.meta["n_tokens"].to_numpy()
     bar = _progress_bar(int(sum(lengths[a:b].sum() for _, (a, b) in todo)), progress)
@@ -270,7 +269,7 @@ def _run(model, plan: Plan, config: dict, sink, progress: bool) -> None:
             order = start + np.argsort(-lengths[start:stop], kind="stable")  # longest first
             for b in range(0, len(order), config["batch_size"]):
                 batch = order[b : b + config["batch_size"]]
-                acts = _forward(model, plan, batch, hooks, pad_id, stop_at)
+                acts = _forward(model, plan, batch, hooks, pad_id)
                 for j, example in enumerate(batch):
                     positions = plan.tokens["stored_positions"].iloc[example]
                     for hook in hooks:
@@ -289,17 +288,11 @@ def _run(model, plan: Plan, config: dict, sink, progress: bool) -> None:
         bar.close()
 
 
-def _stop_layer(hooks: list[str]) -> int | None:
-    # Blocks after the last cached one (and the unembedding) need not run at all.
-    layers = []
-    for hook in hooks:
-        if not hook.startswith("blocks."):
-            return None
-        layers.append(int(hook.split(".")[1]))
-    return max(layers) + 1  # n_layers still skips the final norm and the unembedding
+class _AllCaptured(Exception):
+    """Raised by the last hook to fire: the rest of the forward pass is not needed."""
 
 
-def _forward(model, plan: Plan, batch: np.ndarray, hooks: list[str], pad_id: int, stop_at: int | None):
+def _forward(model, plan: Plan, batch: np.ndarray, hooks: list[str], pad_id: int):
     ids = [plan.tokens["token_ids"].iloc[i] for i in batch]
     width = max(len(x) for x in ids)
     tokens = torch.full((len(ids), width), pad_id, dtype=torch.long)
@@ -311,12 +304,17 @@ def _forward(model, plan: Plan, batch: np.ndarray, hooks: list[str], pad_id: int
         # Keyed by the requested name: aliases (hook_resid_pre / hook_in) share one hook point.
         def capture(act, hook):
             captured[name] = act.detach().float().cpu().numpy()
+            if len(captured) == len(hooks):
+                raise _AllCaptured  # hooks are in forward order: nothing later is needed
 
         return capture
 
-    with torch.no_grad():
-        model.run_with_hooks(tokens.to(model.device), fwd_hooks=[(h, capturer(h)) for h in hooks],
-                             stop_at_layer=stop_at, return_type=None)
+    try:
+        with torch.no_grad():
+            model.run_with_hooks(tokens.to(model.device), fwd_hooks=[(h, capturer(h)) for h in hooks],
+                                 return_type=None)
+    except _AllCaptured:
+        pass
     return captured
 
 
