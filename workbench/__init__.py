@@ -10,12 +10,19 @@ from workbench.hooks import hook_catalogue, names_filter_fn, select_hooks
 from workbench.models.hooked import HookedLlama, ModelSource
 from workbench.models.loading import detect_format, load_model
 from workbench.models.verify import VerifyReport, verify_checkpoint
+from workbench import probing as probes
+from workbench.probing import Direction, LinearProbe, MassMeanProbe, ProbeResult, RidgeProbe, probe_sweep
 from workbench.store import ActivationStore, ShardedArray, StoreError, cache_activations
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ActivationStore",
+    "Direction",
+    "LinearProbe",
+    "MassMeanProbe",
+    "ProbeResult",
+    "RidgeProbe",
     "CheckpointError",
     "ChecksumError",
     "HookedLlama",
@@ -29,6 +36,8 @@ __all__ = [
     "hook_catalogue",
     "load_model",
     "names_filter_fn",
+    "probe_sweep",
+    "probes",
     "select_hooks",
     "verify_checkpoint",
 ]

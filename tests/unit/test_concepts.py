@@ -321,7 +321,7 @@ def test_good_tiny_file_loads_by_path(tmp_path):
 
 def test_every_subpackage_ships_and_probes_ship_inside_workbench():
     """pyproject lists packages by hand (see the comment there): a new subpackage must be
-    added, and the concept files must install as workbench/probes/, never as `probes`."""
+    added, and the concept files must install as workbench/probe_data/, never as `probes`."""
     pyproject = ROOT / "pyproject.toml"
     if not pyproject.is_file():
         pytest.skip("not a source checkout")
@@ -330,7 +330,7 @@ def test_every_subpackage_ships_and_probes_ship_inside_workbench():
     on_disk = {".".join(p.parent.relative_to(ROOT).parts)
                for p in (ROOT / "workbench").rglob("__init__.py") if "__pycache__" not in p.parts}
     assert on_disk <= listed, f"add to [tool.setuptools] packages: {sorted(on_disk - listed)}"
-    assert setuptools["package-dir"]["workbench.probes"] == "probes"
+    assert setuptools["package-dir"]["workbench.probe_data"] == "probes"
     assert not any(p == "probes" or p.startswith("probes.") for p in listed)
-    assert "*.yaml" in setuptools["package-data"]["workbench.probes"]
+    assert "*.yaml" in setuptools["package-data"]["workbench.probe_data"]
     assert {f"{n}.yaml" for n in BUILTIN} <= {p.name for p in concepts_dir().iterdir()}

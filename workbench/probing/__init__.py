@@ -1,5 +1,24 @@
-"""Probing: concept datasets ("what does each layer know?") and, later, probes over them."""
+"""Probing: concept datasets, linear probes, per-layer sweeps and the directions they yield.
+
+Also reachable as ``wb.probes`` (``wb.probes.load("gender")``).
+"""
 
 from workbench.probing.concepts import Concept, list_concepts, load
+from workbench.probing.directions import Direction, load_directions, save_directions
+from workbench.probing.estimators import LinearProbe, MassMeanProbe, RidgeProbe, fit_logistic_layers
+from workbench.probing.sweep import ProbeResult, probe_sweep
 
-__all__ = ["Concept", "list_concepts", "load"]
+__all__ = [
+    "Concept",
+    "Direction",
+    "LinearProbe",
+    "MassMeanProbe",
+    "ProbeResult",
+    "RidgeProbe",
+    "fit_logistic_layers",
+    "list_concepts",
+    "load",
+    "load_directions",
+    "probe_sweep",
+    "save_directions",
+]

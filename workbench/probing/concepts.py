@@ -1,7 +1,7 @@
 """Probe concepts: labelled sentence sets that ask "what does each layer know?".
 
 A concept is one YAML file (the built-in ones live in the repository's ``probes/`` folder and
-ship inside the wheel as ``workbench/probes/``): a ``name``, a ``card`` (what it measures, how
+ship inside the wheel as ``workbench/probe_data/``): a ``name``, a ``card`` (what it measures, how
 it was made, known confounds, what the labels mean), ``label_names``, and exactly one recipe
 that makes its examples:
 
@@ -108,13 +108,13 @@ class Concept:
 def concepts_dir() -> Path:
     """The folder holding the built-in concept files.
 
-    An installed wheel has them as package data (``workbench/probes/``); a source checkout
+    An installed wheel has them as package data (``workbench/probe_data/``); a source checkout
     (including the editable install used in development) has them at the repository root.
 
     >>> concepts_dir().name
     'probes'
     """
-    installed = resources.files("workbench") / "probes"
+    installed = resources.files("workbench") / "probe_data"
     if installed.is_dir():
         return Path(str(installed))
     return Path(__file__).resolve().parents[2] / "probes"

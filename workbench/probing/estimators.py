@@ -1,0 +1,638 @@
+"""Linear probes with the scikit-learn estimator contract, fast enough for per-layer sweeps.
+
+Hyper-parameters live only in ``__init__``, ``fit`` returns ``self``, learned state ends with
+``_`` (``coef_``, ``intercept_``, ``classes_``), so ``sklearn.base.clone`` and the
+``sklearn.model_selection`` helpers accept these probes; scikit-learn itself is not needed.
+``coef_`` is a vector of shape ``(d,)`` and ``intercept_`` a float, always in the ORIGINAL
+activation space (``X @ coef_ + intercept_ == decision_function(X)``), even when the probe
+standardizes internally; estimator methods return numpy arrays.
+
+- :class:`LinearProbe`: L2-regularised logistic regression, the objective of scikit-learn's
+  ``LogisticRegression(penalty='l2', C=C)``.
+- :func:`fit_logistic_layers`: the same fit for every layer at once, ``X`` of shape
+  ``[L, n, d]``; :class:`LinearProbe` is the ``L = 1`` case of it.
+- :class:`MassMeanProbe`: difference of class means (Marks & Tegmark 2023).
+- :class:`RidgeProbe`: ridge regression for continuous labels, scikit-learn's ``Ridge``.
+
+Why Newton: a Hessian is ``(d+1) x (d+1)`` (577 x 577 for SmolLM2), so a Newton step costs one
+batched matrix product over the data plus a small Cholesky solve, and 5-8 steps reach the optimum
+where L-BFGS needs 100-250 gradient passes on anisotropic activations (``benchmarks/probe.py``).
+Once the steps shrink fast, the factored Hessian is reused and only the gradient is recomputed.
+Systems are solved by Cholesky, never ``torch.linalg.solve``: batched LU on CPU gives MKL
+``DLASWP`` errors or silently wrong answers once ``torch.set_num_threads`` has been called with
+more than one thread (pytorch/pytorch#142815, #141358).
+
+>>> import torch
+>>> X = torch.randn(200, 8); y = (X[:, 0] > 0).long()
+>>> LinearProbe().fit(X, y).score(X, y) > 0.9
+True
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "LinearProbe",
+    "MassMeanProbe",
+    "NotFittedError",
+    "RidgeProbe",
+    "decision_layers",
+    "fit_logistic_layers",
+    "predict_layers",
+    "unit_direction",
+]
+
+_F64 = torch.float64
+# The Hessian is accumulated over blocks of rows so the weighted copy of X stays ~64 MiB.
+_BLOCK_ELEMENTS = 1 << 24
+# Layers fitted together: their float32 working copy stays ~1 GiB.
+_CHUNK_ELEMENTS = 1 << 28
+# Reuse the factored Hessian while each step cuts the gradient by at least this factor.
+_REUSE_RATIO = 0.1
+
+
+class NotFittedError(ValueError, AttributeError):
+    """A probe was used before ``fit`` (the same bases as scikit-learn's ``NotFittedError``)."""
+
+
+# --- input checks ---------------------------------------------------------------------------
+
+
+def _as_tensor(X: Any, name: str = "X") -> torch.Tensor:
+    """A tensor view of ``X`` (no copy where possible); integers and bools become float64."""
+    if isinstance(X, torch.Tensor):
+        t = X.detach()
+    else:
+        with warnings.catch_warnings():  # read-only memmaps: we never write to the input
+            warnings.simplefilter("ignore", UserWarning)
+            t = torch.as_tensor(np.asarray(X))
+    if not t.is_floating_point():
+        t = t.to(_F64)
+    return t
+
+
+def _compute_dtype(X: torch.Tensor) -> torch.dtype:
+    """float64 stays float64; float16/bfloat16/float32 are computed in float32."""
+    return _F64 if X.dtype == _F64 else torch.float32
+
+
+def _labels(y: Any, n: int) -> np.ndarray:
+    """``y`` as a 1-D numpy array of length ``n``."""
+    y = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    y = y.reshape(-1) if y.ndim == 2 and 1 in y.shape else y
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D (one label per row of X), got shape {y.shape}")
+    if len(y) != n:
+        raise ValueError(f"X has {n} rows but y has {len(y)} labels: they must match")
+    return y
+
+
+def _binary_labels(y: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(classes, y01)``: the two sorted distinct labels and ``y == classes[1]`` as float64."""
+    y = _labels(y, n)
+    classes = np.unique(y)
+    if len(classes) != 2:
+        what = "a single class" if len(classes) == 1 else f"{len(classes)} classes"
+        raise ValueError(f"y has {what} ({classes[:5].tolist()}); a binary probe needs exactly "
+                         "two distinct labels, each with at least one example")
+    return classes, (y == classes[1]).astype(np.float64)
+
+
+def _check_rows_finite(X: torch.Tensor, where: str = "X") -> None:
+    """ValueError naming how many rows of ``X`` (``[n, d]`` or ``[L, n, d]``) hold NaN or inf."""
+    bad = torch.stack([~torch.isfinite(x).all(-1) for x in X.reshape(-1, *X.shape[-2:])])
+    if bad.any():
+        rows = bad.any(0).nonzero().flatten()
+        layers = "" if X.ndim == 2 else f" in {int(bad.any(1).sum())} of {len(bad)} layers"
+        raise ValueError(f"{where} has {len(rows)} of {X.shape[-2]} rows with NaN or inf values"
+                         f"{layers} (first: row {int(rows[0])}); drop or impute them first")
+
+
+def _check_features(X: torch.Tensor, d: int) -> None:
+    if X.shape[-1] != d:
+        raise ValueError(f"X has {X.shape[-1]} features but the probe was fitted on {d}")
+
+
+# --- standardization and the batched Newton solver ------------------------------------------
+
+
+def _prepare(X: torch.Tensor, center: bool, scale: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A centred/scaled working copy of ``X [l, n, d]`` and its per-layer mean and scale.
+
+    Statistics come from ``X`` only (the training rows) and are computed in float64, one layer
+    at a time so no full-size temporary is made. A zero-variance feature gets scale 1 (as
+    scikit-learn's ``StandardScaler``). Mean 0 and scale 1 when not centering / scaling.
+    """
+    dt = _compute_dtype(X)
+    l, n, d = X.shape
+    work = torch.empty(l, n, d, dtype=dt, device=X.device)
+    mean = torch.zeros(l, d, dtype=_F64, device=X.device)
+    std = torch.ones(l, d, dtype=_F64, device=X.device)
+    center = center or scale
+    for i in range(l):
+        x = work[i]
+        x.copy_(X[i])
+        if center or scale:
+            m = x.sum(0, dtype=_F64) / n
+            if not torch.isfinite(m).all():  # a NaN or inf anywhere makes the column sum non-finite
+                _check_rows_finite(X)
+            if center:
+                mean[i] = m
+                x -= m.to(dt)
+        if scale:
+            s = (x.square().sum(0, dtype=_F64) / n).sqrt()  # x is centred: scale implies center
+            s[s < 1e-12 * (1 + m.abs())] = 1.0
+            std[i] = s
+            x /= s.to(dt)
+        elif not (center or scale) and not torch.isfinite(x.sum(0, dtype=_F64)).all():
+            _check_rows_finite(X)
+    return work, mean, std
+
+
+def _weighted_gram(X: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``[X 1]^T diag(w) [X 1]`` for ``X [l, n, d]``, ``w [l, n]``: float64 ``[l, d+1, d+1]``."""
+    l, n, d = X.shape
+    dt = X.dtype
+    gram = torch.zeros(l, d, d, dtype=dt, device=X.device)
+    col = torch.zeros(l, d, dtype=dt, device=X.device)
+    block = max(256, _BLOCK_ELEMENTS // (l * d))
+    for i in range(0, n, block):
+        xb, wb = X[:, i:i + block], w[:, i:i + block].to(dt)
+        gram.baddbmm_(xb.mT, xb * wb[..., None])
+        col += torch.bmm(xb.mT, wb[..., None])[..., 0]
+    out = torch.empty(l, d + 1, d + 1, dtype=_F64, device=X.device)
+    out[:, :d, :d] = gram
+    out[:, :d, d] = out[:, d, :d] = col
+    out[:, d, d] = w.sum(1)
+    return out
+
+
+def _matvec(X: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``X [l, n, d] @ v [l, d]`` -> float64 ``[l, n]``."""
+    return torch.bmm(X, v.to(X.dtype)[..., None])[..., 0].to(_F64)
+
+
+def _newton(X: torch.Tensor, y: torch.Tensor, lam: float, fit_intercept: bool,
+            max_iter: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimise ``sum_i logloss(y_i, x_i.w + b) + lam/2 ||w||^2`` for each layer of ``X``.
+
+    ``X [l, n, d]`` is the prepared data, ``y [l, n]`` float64 in {0, 1}. Returns
+    ``theta [l, d+1]`` (``w`` then ``b``, float64) and the iterations each layer took
+    (``max_iter + 1`` where it did not converge). Layers that converge leave the batch.
+    """
+    l, n, d = X.shape
+    dev = X.device
+    pen = torch.full((d + 1,), lam, dtype=_F64, device=dev)
+    pen[d] = 0.0  # the intercept is not penalised
+    free = torch.ones(d + 1, dtype=_F64, device=dev)
+    if not fit_intercept:
+        free[d] = 0.0
+
+    def objective(z, theta, y):
+        return (torch.nn.functional.softplus(z) - y * z).sum(1) + 0.5 * (pen * theta * theta).sum(1)
+
+    def gradient(X, z, theta, y):
+        r = torch.sigmoid(z) - y
+        g = torch.cat([_matvec(X.mT, r), r.sum(1, keepdim=True)], 1)
+        return (g + pen * theta) * free
+
+    theta_out = torch.zeros(l, d + 1, dtype=_F64, device=dev)
+    iters_out = torch.full((l,), max_iter + 1, dtype=torch.long)
+    idx = torch.arange(l)  # rows of the output the batch still holds
+    theta = torch.zeros(l, d + 1, dtype=_F64, device=dev)
+    z = torch.zeros(l, n, dtype=_F64, device=dev)
+    f, g = objective(z, theta, y), gradient(X, z, theta, y)
+    chol, refresh = None, True
+    for it in range(max_iter):
+        if refresh:
+            p = torch.sigmoid(z)
+            H = _weighted_gram(X, p * (1 - p)) + torch.diag(pen)
+            if not fit_intercept:  # pin the intercept: an identity row/column, zero gradient
+                H[:, d, :] = H[:, :, d] = 0.0
+                H[:, d, d] = 1.0
+            chol, info = torch.linalg.cholesky_ex(H)
+            if (info > 0).any():  # only with C so large the penalty no longer keeps H definite
+                jitter = 1e-10 * H.diagonal(dim1=1, dim2=2).abs().amax(1)
+                chol = torch.linalg.cholesky(H + jitter[:, None, None] * torch.eye(d + 1, device=dev))
+        step = -torch.cholesky_solve(g[..., None], chol)[..., 0]
+        done = step.abs().amax(1) <= tol * (1 + theta.abs().amax(1))
+        # Armijo backtracking per layer; trial points cost no pass over X since z is linear in t.
+        Xp = _matvec(X, step[:, :d]) + step[:, d:]
+        slope = (g * step).sum(1)
+        t = torch.ones(len(idx), dtype=_F64, device=dev)
+        for _ in range(40):
+            ft = objective(z + t[:, None] * Xp, theta + t[:, None] * step, y)
+            ok = ft <= f + 1e-4 * t * slope
+            if ok.all():
+                break
+            t = torch.where(ok, t, t / 2)
+        done |= ~ok  # no decrease left to find: the objective is flat to rounding error
+        theta = theta + torch.where(ok, t, 0)[:, None] * step
+        z = z + torch.where(ok, t, 0)[:, None] * Xp
+        f = torch.where(ok, ft, f)
+        if done.any():
+            theta_out[idx[done.cpu()]] = theta[done]
+            iters_out[idx[done.cpu()]] = it + 1
+            if done.all():
+                break
+            keep = ~done
+            X, y, z, theta, f, g, chol, t = X[keep], y[keep], z[keep], theta[keep], f[keep], g[keep], chol[keep], t[keep]
+            idx = idx[keep.cpu()]
+        g_new = gradient(X, z, theta, y)
+        # A stale Hessian still gives descent directions; refresh it once progress slows.
+        ratio = g_new.abs().amax(1) / g.abs().amax(1).clamp_min(1e-300)
+        refresh = bool((ratio > _REUSE_RATIO).any() or (t < 1).any())
+        g = g_new
+    else:
+        theta_out[idx] = theta
+    return theta_out, iters_out
+
+
+@dataclass
+class _LogisticFit:
+    coef: torch.Tensor  # [L, d] float64, original feature space
+    intercept: torch.Tensor  # [L]
+    mean: torch.Tensor  # [L, d], the standardization statistics of the training rows
+    scale: torch.Tensor  # [L, d]
+    n_iter: torch.Tensor  # [L]
+
+
+def _fit_logistic(X: torch.Tensor, y01: torch.Tensor, C: float, standardize: bool,
+                  fit_intercept: bool, max_iter: int, tol: float) -> _LogisticFit:
+    """The solver behind :func:`fit_logistic_layers` and :class:`LinearProbe`."""
+    if not (isinstance(C, (int, float)) and 0 < C < float("inf")):
+        raise ValueError(f"C must be a positive finite number, got {C!r}")
+    L, n, d = X.shape
+    parts = []
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, n * d))
+    for s in range(0, L, chunk):
+        # Centering is only a reparametrisation when there is an intercept (b absorbs mean.w),
+        # and it keeps the Hessian well conditioned when activations have large means.
+        work, mean, scale = _prepare(X[s:s + chunk], center=fit_intercept or standardize, scale=standardize)
+        theta, iters = _newton(work, y01[s:s + chunk].to(work.device), 1.0 / C, fit_intercept, max_iter, tol)
+        del work
+        coef = theta[:, :-1] / scale
+        parts.append((coef, theta[:, -1] - (mean * coef).sum(1), mean, scale, iters))
+    fit = _LogisticFit(*(torch.cat(p) for p in zip(*parts)))
+    if (fit.n_iter > max_iter).any():
+        bad = (fit.n_iter > max_iter).nonzero().flatten().tolist()
+        warnings.warn(f"logistic fit did not converge in max_iter={max_iter} Newton steps "
+                      f"(layers {bad[:10]}); raise max_iter or tol", RuntimeWarning, stacklevel=3)
+    return fit
+
+
+def fit_logistic_layers(X: Any, y: Any, C: float = 1.0, standardize: bool = True, *,
+                        fit_intercept: bool = True, max_iter: int = 100,
+                        tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit one L2-regularised logistic-regression probe per layer, all layers at once.
+
+    Each layer minimises scikit-learn's ``LogisticRegression(penalty='l2', C=C)`` objective,
+    ``sum_i logloss(y_i, x_i.w + b) + ||w||^2 / (2 C)`` with ``b`` unpenalised, on its own
+    features standardized with that layer's mean and std (``standardize=True``; the same as a
+    ``StandardScaler`` then ``LogisticRegression`` pipeline). Solved by batched Newton steps
+    with Cholesky solves of ``[L, d+1, d+1]`` Hessians and Armijo backtracking.
+
+    Args:
+        X: ``[L, n, d]`` activations (torch or numpy; float16 is computed in float32, float64
+            in float64); computed on ``X``'s device.
+        y: ``[n]`` labels shared by all layers, or ``[L, n]``; two distinct values, the larger
+            one is the positive class (as ``classes_[1]`` in scikit-learn).
+        C: inverse regularisation strength (larger = weaker penalty).
+        standardize: fit on per-layer standardized features; the result is still reported in
+            the original space.
+        fit_intercept: learn an unpenalised intercept.
+        max_iter: Newton steps at most (5-10 are typical); a RuntimeWarning names the layers
+            that did not converge.
+        tol: stop a layer when its Newton step is below ``tol * (1 + max |coef|)`` in every
+            coordinate (of the standardized problem).
+
+    Returns:
+        ``(coef [L, d], intercept [L])``, float64 tensors in the ORIGINAL feature space:
+        ``X[l] @ coef[l] + intercept[l]`` are the logits of layer ``l``.
+
+    >>> import torch
+    >>> X = torch.randn(3, 500, 16); y = (X[-1, :, 0] > 0).long()
+    >>> coef, intercept = fit_logistic_layers(X, y, C=1.0)
+    >>> coef.shape, intercept.shape
+    (torch.Size([3, 16]), torch.Size([3]))
+    >>> (predict_layers(coef, intercept, X) == y).double().mean(1)[-1].item() > 0.95
+    True
+    """
+    X = _as_tensor(X)
+    if X.ndim != 3:
+        raise ValueError(f"X must be [layers, n, d], got shape {tuple(X.shape)}")
+    L, n, d = X.shape
+    y = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    if y.ndim == 2:
+        if y.shape[0] != L:
+            raise ValueError(f"y has labels for {y.shape[0]} layers but X has {L}")
+        classes, y01 = _binary_labels(y.reshape(-1), L * n)
+        y01 = y01.reshape(L, n)
+        single = np.flatnonzero(y01.min(1) == y01.max(1))
+        if len(single):
+            raise ValueError(f"y has a single class in layers {single[:10].tolist()}")
+    else:
+        classes, y01 = _binary_labels(y, n)
+        y01 = np.broadcast_to(y01, (L, n))
+    fit = _fit_logistic(X, torch.as_tensor(np.ascontiguousarray(y01)), C, standardize,
+                        fit_intercept, max_iter, tol)
+    return fit.coef, fit.intercept
+
+
+def decision_layers(coef: torch.Tensor, intercept: torch.Tensor, X: Any) -> torch.Tensor:
+    """Per-layer logits ``X[l] @ coef[l] + intercept[l]``: float64 ``[L, n]``.
+
+    >>> import torch
+    >>> decision_layers(torch.ones(2, 3), torch.zeros(2), torch.ones(2, 4, 3)).shape
+    torch.Size([2, 4])
+    """
+    X = _as_tensor(X)
+    coef, intercept = _as_tensor(coef), _as_tensor(intercept)
+    if X.ndim != 3 or coef.shape != (X.shape[0], X.shape[2]) or intercept.shape != (X.shape[0],):
+        raise ValueError(f"expected X [L, n, d], coef [L, d], intercept [L]; got {tuple(X.shape)}, "
+                         f"{tuple(coef.shape)}, {tuple(intercept.shape)}")
+    dt = _compute_dtype(X)
+    coef, intercept = coef.to(X.device), intercept.to(device=X.device, dtype=_F64)
+    # One layer at a time: a float16 X is upcast a layer, not a whole stack, at a time.
+    return torch.stack([(X[i].to(dt) @ coef[i].to(dt)).to(_F64) + intercept[i] for i in range(len(X))])
+
+
+def predict_layers(coef: torch.Tensor, intercept: torch.Tensor, X: Any) -> torch.Tensor:
+    """Per-layer 0/1 predictions (1 = the positive class, ``classes_[1]``): long ``[L, n]``.
+
+    Args:
+        coef: ``[L, d]`` as returned by :func:`fit_logistic_layers`.
+        intercept: ``[L]``.
+        X: ``[L, n, d]`` activations, e.g. a held-out split.
+
+    >>> import torch
+    >>> predict_layers(torch.tensor([[1.0], [-1.0]]), torch.zeros(2), torch.tensor([[[2.0]], [[2.0]]]))
+    tensor([[1],
+            [0]])
+    """
+    return (decision_layers(coef, intercept, X) > 0).long()
+
+
+# --- estimators -------------------------------------------------------------------------------
+
+
+class _Estimator:
+    """``get_params``/``set_params``/``repr`` from ``__init__``'s signature, as scikit-learn."""
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any):
+        for name, value in params.items():
+            if name not in self._param_names():
+                raise ValueError(f"{type(self).__name__} has no parameter {name!r}; "
+                                 f"valid: {self._param_names()}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = inspect.signature(type(self).__init__).parameters
+        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if v != defaults[k].default]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "coef_"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(X, y) first")
+
+    def _linear(self, X: Any) -> np.ndarray:
+        """``X @ coef_ + intercept_`` as float64 numpy, computed on ``X``'s device."""
+        self._check_fitted()
+        X = _as_tensor(X)
+        if X.ndim != 2:
+            raise ValueError(f"X must be [n, d], got shape {tuple(X.shape)}")
+        _check_features(X, len(self.coef_))
+        dt = _compute_dtype(X)
+        out = (X.to(dt) @ torch.as_tensor(self.coef_, dtype=dt, device=X.device)).to(_F64).cpu().numpy()
+        out += self.intercept_
+        if not np.isfinite(out).all():
+            _check_rows_finite(X)
+        return out
+
+
+class _BinaryClassifier(_Estimator):
+    """``decision_function``/``predict``/``predict_proba``/``score`` from ``coef_``/``intercept_``."""
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Signed scores ``X @ coef_ + intercept_`` of shape ``(n,)``; > 0 means ``classes_[1]``."""
+        return self._linear(X)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """``(n, 2)`` probabilities of ``classes_[0]`` and ``classes_[1]``: sigmoid of the score."""
+        p = 1.0 / (1.0 + np.exp(-self.decision_function(X)))
+        return np.stack([1.0 - p, p], axis=1)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The predicted label (a value of ``classes_``) of each row."""
+        return self.classes_[(self.decision_function(X) > 0).astype(int)]
+
+    def score(self, X: Any, y: Any) -> float:
+        """Accuracy: the fraction of rows whose predicted label equals ``y``."""
+        y = _labels(y, _as_tensor(X).shape[0])
+        return float(np.mean(self.predict(X) == y))
+
+
+class LinearProbe(_BinaryClassifier):
+    """Binary L2-regularised logistic-regression probe.
+
+    Minimises scikit-learn's ``LogisticRegression(penalty='l2', C=C)`` objective,
+    ``sum_i logloss(y_i, x_i.w + b) + ||w||^2 / (2 C)`` (``b`` unpenalised), by the Newton
+    solver of :func:`fit_logistic_layers` (one layer). With ``standardize=True`` it is fitted on
+    features standardized with the mean and std of the ``fit`` rows only (``mean_``,
+    ``scale_``), so inside a cross-validation fold it never sees the test rows; ``coef_`` and
+    ``intercept_`` are converted back to the original activation space.
+
+    Args:
+        C: inverse regularisation strength, as scikit-learn's ``C``.
+        max_iter: Newton steps at most (5-10 are typical).
+        tol: stop when the Newton step is below ``tol * (1 + max |coef|)`` per coordinate.
+        standardize: standardize features with the training rows' statistics.
+        fit_intercept: learn an unpenalised intercept.
+
+    Attributes:
+        classes_: the two labels, sorted; ``classes_[1]`` is the positive class.
+        coef_: ``(d,)`` direction in the original space; ``intercept_``: float.
+        mean_, scale_: ``(d,)`` statistics of the training rows (0 and 1 when not used).
+        n_iter_: Newton steps taken.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(300, 5)); y = np.where(X[:, 1] + 0.1 * rng.normal(size=300) > 0, "yes", "no")
+    >>> probe = LinearProbe(C=0.5).fit(X, y)
+    >>> probe.classes_.tolist(), probe.predict_proba(X).shape, probe.score(X, y) > 0.9
+    (['no', 'yes'], (300, 2), True)
+    >>> bool(np.allclose(X @ probe.coef_ + probe.intercept_, probe.decision_function(X)))
+    True
+    """
+
+    def __init__(self, C: float = 1.0, max_iter: int = 100, tol: float = 1e-6,
+                 standardize: bool = True, fit_intercept: bool = True):
+        self.C = C
+        self.max_iter = max_iter
+        self.tol = tol
+        self.standardize = standardize
+        self.fit_intercept = fit_intercept
+
+    def fit(self, X: Any, y: Any) -> "LinearProbe":
+        """Fit on ``X [n, d]`` (torch or numpy) and labels ``y [n]`` with two distinct values."""
+        X = _as_tensor(X)
+        if X.ndim != 2:
+            raise ValueError(f"X must be [n, d], got shape {tuple(X.shape)}")
+        classes, y01 = _binary_labels(y, X.shape[0])
+        fit = _fit_logistic(X[None], torch.as_tensor(y01)[None], self.C, self.standardize,
+                            self.fit_intercept, self.max_iter, self.tol)
+        self.classes_ = classes
+        self.coef_ = fit.coef[0].cpu().numpy()
+        self.intercept_ = float(fit.intercept[0])
+        self.mean_, self.scale_ = fit.mean[0].cpu().numpy(), fit.scale[0].cpu().numpy()
+        self.n_iter_ = int(fit.n_iter[0].clamp_max(self.max_iter))
+        self.n_features_in_ = X.shape[1]
+        return self
+
+
+class MassMeanProbe(_BinaryClassifier):
+    """Difference-of-class-means probe (Marks & Tegmark 2023, "The Geometry of Truth", sec. 5).
+
+    The direction is ``theta = mean(X | classes_[1]) - mean(X | classes_[0])``; the score is
+    ``X @ theta`` minus a threshold at the midpoint of the two projected class means, so
+    ``coef_ = theta`` and ``intercept_ = -(mu_0 + mu_1) @ theta / 2``. With
+    ``covariance=True`` it is the paper's "iid" variant ``Sigma^+ theta`` (LDA), ``Sigma`` the
+    covariance of the data after centring each class on its own mean (pseudo-inverse, so fewer
+    rows than features is allowed). ``predict_proba`` is the sigmoid of the score, as in the
+    paper: not calibrated.
+
+    Args:
+        covariance: use the inverse within-class covariance (the "iid" variant).
+
+    >>> import numpy as np
+    >>> probe = MassMeanProbe().fit(np.array([[0.0, 0.0], [2.0, 4.0]]), [0, 1])
+    >>> probe.coef_.tolist(), probe.intercept_
+    ([2.0, 4.0], -10.0)
+    """
+
+    def __init__(self, covariance: bool = False):
+        self.covariance = covariance
+
+    def fit(self, X: Any, y: Any) -> "MassMeanProbe":
+        """Fit on ``X [n, d]`` and labels ``y [n]`` with two distinct values."""
+        X = _as_tensor(X)
+        if X.ndim != 2:
+            raise ValueError(f"X must be [n, d], got shape {tuple(X.shape)}")
+        classes, y01 = _binary_labels(y, X.shape[0])
+        pos = torch.as_tensor(y01 > 0, device=X.device)
+        X = X.to(_F64)
+        if not torch.isfinite(X.sum(0)).all():
+            _check_rows_finite(X)
+        mu0, mu1 = X[~pos].mean(0), X[pos].mean(0)
+        direction = mu1 - mu0
+        if self.covariance:
+            within = X - torch.where(pos[:, None], mu1, mu0)
+            sigma = within.T @ within / len(X)
+            direction = torch.linalg.pinv(sigma, hermitian=True) @ direction
+        self.classes_ = classes
+        self.coef_ = direction.cpu().numpy()
+        self.intercept_ = float(-0.5 * (mu0 + mu1) @ direction)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+
+class RidgeProbe(_Estimator):
+    """Ridge-regression probe for continuous labels, scikit-learn's ``Ridge(alpha)`` objective.
+
+    Minimises ``||y - X w - b||^2 + alpha ||w||^2`` (sums, not means; ``b`` unpenalised) in
+    closed form, ``w = (Xc^T Xc + alpha I)^-1 Xc^T (y - mean(y))`` with ``Xc`` the centred
+    (and with ``standardize=True`` scaled, by the ``fit`` rows' statistics only) features;
+    ``coef_``/``intercept_`` are reported in the original space. ``score`` is R^2.
+
+    Args:
+        alpha: L2 penalty, as scikit-learn's ``Ridge(alpha=...)``.
+        standardize: standardize features with the training rows' mean and std.
+        fit_intercept: learn an unpenalised intercept.
+
+    >>> import numpy as np
+    >>> X = np.arange(10.0)[:, None]; y = 3 * X[:, 0] + 1
+    >>> probe = RidgeProbe(alpha=1e-9, standardize=False).fit(X, y)
+    >>> round(float(probe.coef_[0]), 6), round(probe.intercept_, 6), probe.score(X, y)
+    (3.0, 1.0, 1.0)
+    """
+
+    def __init__(self, alpha: float = 1.0, standardize: bool = True, fit_intercept: bool = True):
+        self.alpha = alpha
+        self.standardize = standardize
+        self.fit_intercept = fit_intercept
+
+    def fit(self, X: Any, y: Any) -> "RidgeProbe":
+        """Fit on ``X [n, d]`` and real-valued targets ``y [n]``."""
+        X = _as_tensor(X)
+        if X.ndim != 2:
+            raise ValueError(f"X must be [n, d], got shape {tuple(X.shape)}")
+        if not self.alpha >= 0:
+            raise ValueError(f"alpha must be >= 0, got {self.alpha!r}")
+        y = _labels(y, X.shape[0]).astype(np.float64)
+        if not np.isfinite(y).all():
+            raise ValueError(f"y has {int((~np.isfinite(y)).sum())} NaN or inf values")
+        work, mean, scale = _prepare(X.to(_F64)[None], center=self.fit_intercept or self.standardize,
+                                     scale=self.standardize)
+        Xs, mean, scale = work[0], mean[0], scale[0]
+        yt = torch.as_tensor(y, device=X.device)
+        y_mean = yt.mean() if self.fit_intercept else yt.new_zeros(())
+        A = Xs.T @ Xs + self.alpha * torch.eye(X.shape[1], dtype=_F64, device=X.device)
+        chol, info = torch.linalg.cholesky_ex(A)
+        rhs = (Xs.T @ (yt - y_mean))[:, None]
+        w = (torch.cholesky_solve(rhs, chol) if info == 0 else torch.linalg.lstsq(A, rhs).solution)[:, 0]
+        coef = w / scale
+        self.coef_ = coef.cpu().numpy()
+        self.intercept_ = float(y_mean - mean @ coef) if (self.fit_intercept or self.standardize) else 0.0
+        self.mean_, self.scale_ = mean.cpu().numpy(), scale.cpu().numpy()
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted targets ``X @ coef_ + intercept_``, shape ``(n,)``."""
+        return self._linear(X)
+
+    def score(self, X: Any, y: Any) -> float:
+        """Coefficient of determination R^2 = 1 - SS_res / SS_tot (scikit-learn's ``r2_score``)."""
+        y = _labels(y, _as_tensor(X).shape[0]).astype(np.float64)
+        ss_res = float(np.sum((y - self.predict(X)) ** 2))
+        ss_tot = float(np.sum((y - y.mean()) ** 2))
+        return 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
+
+
+def unit_direction(probe: Any) -> np.ndarray:
+    """The unit vector along ``probe.coef_`` in the original (unstandardised) activation space.
+
+    Works for these probes and for scikit-learn linear models (``coef_`` of shape ``(1, d)``).
+    For a standardizing probe the direction is ``w_std / scale_`` normalised, i.e. the one that
+    acts on raw activations (for steering or cosine comparisons with other probes).
+
+    >>> import numpy as np
+    >>> unit_direction(MassMeanProbe().fit(np.array([[0.0, 0.0], [3.0, 4.0]]), [0, 1])).tolist()
+    [0.6, 0.8]
+    """
+    coef = getattr(probe, "coef_", None)
+    if coef is None:
+        raise NotFittedError(f"{type(probe).__name__} has no coef_: fit it first")
+    coef = coef.detach().cpu().numpy() if isinstance(coef, torch.Tensor) else np.asarray(coef)
+    coef = coef.astype(np.float64).reshape(-1) if coef.ndim == 1 or coef.shape[0] == 1 else None
+    if coef is None:
+        raise ValueError("unit_direction needs a single direction; coef_ holds several rows")
+    norm = np.linalg.norm(coef)
+    if not norm > 0:
+        raise ValueError("the probe's coef_ is zero (or NaN): it has no direction")
+    return coef / norm
