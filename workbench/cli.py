@@ -4,6 +4,7 @@
     workbench verify PATH       integrity check of a checkpoint (exit code 0 ok / 1 failed)
     workbench hooks [MODEL]     the hook catalogue (name, shape, what it is)
     workbench cache ...         cache activations over a dataset into a resumable on-disk store
+    workbench probe ...         per-layer probe sweep for a concept: table, directions, HTML plot
     workbench demo [MODEL]      the main job: info, a generated answer, activation norms by layer
 """
 
@@ -76,6 +77,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="store folder (rerun the same command to resume)")
     p.add_argument("--device", default=None)
     p.set_defaults(run=cmd_cache)
+
+    p = sub.add_parser("probe", help="probe every layer for a concept (probes/*.yaml)")
+    p.add_argument("--model", default=None, help="checkpoint (default: the embedded model)")
+    p.add_argument("--concept", required=True, help="a concept name (see probes/) or a concept file")
+    p.add_argument("--hooks", nargs="+", default=["blocks.*.hook_resid_post"])
+    p.add_argument("--positions", default="last", help="last | mean | a column name")
+    p.add_argument("--method", default="logistic", choices=["logistic", "mass_mean", "ridge"])
+    p.add_argument("--cv", type=int, default=5)
+    p.add_argument("--limit", type=int, default=None, help="balanced subsample of N examples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None, help="benchmark data (default: $WORKBENCH_DATA)")
+    p.add_argument("--out", required=True, help="folder for frame.parquet, directions.safetensors, plot.html")
+    p.add_argument("--device", default=None)
+    p.set_defaults(run=cmd_probe)
 
     p = sub.add_parser("demo", help="the main job on a model (default: the embedded one)")
     model_args(p)
@@ -168,6 +183,31 @@ def cmd_cache(args) -> int:
     console.print(f"{store!r}")
     for hook in store.hooks[:3]:
         console.print(f"  {hook}: {store[hook].shape} {store[hook].dtype}")
+    return 0
+
+
+def cmd_probe(args) -> int:
+    from pathlib import Path
+
+    from workbench.models.loading import load_model
+    from workbench.probing import probe_sweep
+
+    with console.status(f"loading {args.model or 'the embedded model'} ..."):
+        model = load_model(args.model, device=args.device)
+    result = probe_sweep(model, args.concept, hooks=args.hooks, positions=args.positions, method=args.method,
+                         cv=args.cv, limit=args.limit, seed=args.seed, data_dir=args.data_dir)
+    out = Path(args.out)
+    result.save(out)
+    result.plot().write_html(out / "plot.html", include_plotlyjs=True)  # inline: opens offline
+    table = Table(title=f"{result.concept}: {result.method} probe, {result.provenance['cv']}-fold grouped CV")
+    metrics = [m for m in ("accuracy", "control_accuracy", "selectivity", "r2") if m in set(result.frame["metric"])]
+    for column in ["layer", *metrics]:
+        table.add_column(column, justify="right")
+    wide = result.frame.pivot(index="hook", columns="metric", values="mean").loc[result.provenance["hooks"]]
+    for hook, row in wide.iterrows():
+        table.add_row(hook.removesuffix(".hook_resid_post"), *(f"{row[m]:.3f}" for m in metrics))
+    console.print(table)
+    console.print(f"best layer: {result.best_layer()}; wrote {out}/")
     return 0
 
 

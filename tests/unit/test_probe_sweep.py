@@ -158,3 +158,20 @@ def test_direction_random_baseline_and_errors():
     assert not np.allclose(r.vector, d.vector)
     with pytest.raises(ValueError, match="norm"):
         wb.Direction(np.zeros(4), "h", 0, "c", "m")
+
+
+def test_cli_probe(sp_model, tmp_path, capsys):
+    from workbench.cli import main
+
+    folder = sp_model.source.path
+    assert main(["probe", "--model", folder, "--concept", "sentiment", "--limit", "48", "--cv", "3",
+                 "--hooks", "blocks.*.hook_resid_post", "--out", str(tmp_path / "p"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "selectivity" in out and "best layer" in out
+    for name in ("frame.parquet", "predictions.parquet", "directions.safetensors", "manifest.json", "plot.html"):
+        assert (tmp_path / "p" / name).is_file(), name
+    html = (tmp_path / "p" / "plot.html").read_text()
+    import re
+
+    assert not re.search(r'<script[^>]*src="https?://', html)  # plotly.js inlined: opens offline
+    assert "Plotly.newPlot" in html
