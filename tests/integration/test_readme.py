@@ -17,4 +17,4 @@ def test_readme_python_examples_run(capsys, tmp_path, monkeypatch):
         exec(compile(block, "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "torch.Size([1, 6, 576])" in out and "Paris" in out
-    assert "(4, 576)" in out and (tmp_path / "runs" / "acts-demo" / "manifest.json").is_file()
+    assert "(4, 576)" in out and "selectivity" in out and (tmp_path / "runs" / "acts-demo" / "manifest.json").is_file()
