@@ -78,7 +78,7 @@ def load_model(
         raise ValueError("pass either device= or device_map=, not both")
     kind, path = detect_format(source)
     source_info = _describe_source(kind, path, verify)
-    hf_model, tokenizer = _load_hf_model(kind, path, torch_dtype, device_map)
+    hf_model, tokenizer = _load_hf_model(kind, path, torch_dtype, device_map, source_info.fingerprint)
     if device_map is None:
         hf_model = hf_model.to(device or _default_device())
     elif not getattr(hf_model, "hf_device_map", None):
@@ -170,11 +170,10 @@ def _describe_source(kind: str, path: Path | str | None, verify: bool) -> ModelS
     return ModelSource(kind, str(path), path.name, checkpoint_fingerprint(path), status, details)
 
 
-def _load_hf_model(kind: str, path: Path | str | None, dtype: torch.dtype, device_map):
+def _load_hf_model(kind: str, path: Path | str | None, dtype: torch.dtype, device_map, fingerprint):
     if kind == "embedded":
         from workbench.models.embedded import converted_embedded_model
 
-        fingerprint = checkpoint_fingerprint(_embedded_path())
         return _load_hf_folder(converted_embedded_model(fingerprint), dtype, device_map)
     if kind == "meta":
         from workbench.models.meta import load_meta_checkpoint
@@ -187,12 +186,6 @@ def _load_hf_model(kind: str, path: Path | str | None, dtype: torch.dtype, devic
     if kind == "hf":
         return _load_hf_folder(Path(path), dtype, device_map)
     return _load_from_hub(str(path), dtype, device_map)
-
-
-def _embedded_path() -> Path:
-    from workbench.models.embedded import embedded_gguf_path
-
-    return embedded_gguf_path()
 
 
 def _load_hf_folder(folder: Path, dtype: torch.dtype, device_map) -> tuple[Any, Any]:
