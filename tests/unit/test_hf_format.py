@@ -129,3 +129,16 @@ def test_remote_code_is_never_trusted(tmp_path, hf_folder):
     tokens = model.to_tokens("the cat")
     assert (model(tokens) - reference(tokens).logits).abs().max().item() <= 1e-5
     assert os.path.exists(folder / "evil.py")
+
+
+def test_fast_attention_option(hf_folder, tiny_model):
+    from workbench.models.fast_attention import sdpa_enabled
+
+    fast = wb.load_model(hf_folder[0], device="cpu", fast_attention=True)
+    assert all(sdpa_enabled(block.attn) for block in fast.bridge.blocks)
+    assert not any(sdpa_enabled(block.attn) for block in tiny_model.bridge.blocks)
+    tokens = fast.to_tokens("the cat sat on the mat")
+    with torch.no_grad():
+        assert (fast(tokens) - tiny_model(tokens)).abs().max().item() <= 1e-5
+    _, cache = fast.run_with_cache(tokens, names_filter="blocks.0.attn.hook_pattern")
+    assert cache["blocks.0.attn.hook_pattern"].shape[-1] == tokens.shape[1]  # a watched pattern still fires

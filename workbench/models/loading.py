@@ -49,6 +49,7 @@ def load_model(
     device: str | torch.device | None = None,
     device_map: str | dict | None = None,
     verify: bool = True,
+    fast_attention: bool = False,
 ) -> HookedLlama:
     """Load a LLaMA-family checkpoint as a hooked model.
 
@@ -61,6 +62,9 @@ def load_model(
             devices; exclusive with ``device``.
         verify: check ``checklist.chk`` / ``*.sha256`` when the folder has one (the default);
             a mismatch raises :class:`ChecksumError`.
+        fast_attention: compute attention with fused SDPA whenever no hook looks inside it
+            (``hook_attn_scores`` / ``hook_pattern``); see ``workbench.models.fast_attention``.
+            Off by default: results then differ from eager attention by float rounding.
 
     Returns:
         A :class:`HookedLlama`.
@@ -85,6 +89,10 @@ def load_model(
         hf_model = _dispatch(hf_model, device_map)  # loaders that cannot place layers themselves
     hf_model.eval()
     bridge = _boot_bridge(hf_model, tokenizer, torch_dtype)
+    if fast_attention:
+        from workbench.models.fast_attention import enable_sdpa_when_unhooked
+
+        enable_sdpa_when_unhooked(bridge)
     return HookedLlama(bridge, hf_model, source_info)
 
 
