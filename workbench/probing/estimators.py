@@ -13,7 +13,7 @@ space (``X @ coef_ + intercept_ == decision_function(X)``) even when a probe sta
 Solver: per layer one exact Hessian (``(d+1)^2``, 577 x 577 for SmolLM2), Cholesky-factored and
 reused, with L-BFGS secant corrections and a fresh Hessian only when progress stalls. 8-20 cheap
 passes over the data reach a 1e-6 gradient where scikit-learn's L-BFGS takes ~40 to reach 1e-4
-(``benchmarks/probe.py``: ~5x faster at 30 x 10k x 576, and ~250x nearer the exact optimum).
+(``benchmarks/probe.py``: ~6x faster at 30 x 10k x 576, and ~200x nearer the exact optimum).
 Systems are solved by Cholesky, never ``torch.linalg.solve``: batched LU on CPU raises MKL
 ``DLASWP`` errors or returns wrong answers once ``torch.set_num_threads(k > 1)`` has been called
 (pytorch/pytorch#142815).
