@@ -9,6 +9,7 @@ verified, a hook catalogue, and hooks that are temporary by default.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,7 +131,9 @@ class HookedLlama:
         'Q: What is the capital of France?\\nA: Paris'
         """
         rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
-        with rng, torch.no_grad():
+        with rng, torch.no_grad(), warnings.catch_warnings():
+            # The bridge's KV-cache path trips a transformers deprecation notice on every call.
+            warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
             if seed is not None:
                 torch.manual_seed(seed)
             text = self.bridge.generate(
