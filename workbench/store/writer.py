@@ -104,7 +104,7 @@ def cache_activations(
         "n_ctx": int(model.cfg.n_ctx),
         "n_examples": len(plan.meta),
         "n_rows": int(plan.meta["row_stop"].iloc[-1]),
-        "data_hash": _data_hash(frame, text_column),
+        "data_hash": _data_hash(frame),
     }
     sink = DiskSink(Path(path), config, plan) if path is not None else MemorySink(config, plan)
     _run(model, plan, config, sink, progress)
@@ -245,7 +245,7 @@ def _stored_positions(policy: dict, length: int, frame: pd.DataFrame, row: int) 
     return [position % length]
 
 
-def _data_hash(frame: pd.DataFrame, text_column: str) -> str:
+def _data_hash(frame: pd.DataFrame) -> str:
     h = hashlib.sha256()
     h.update(frame.to_json(orient="records", lines=True, default_handler=str).encode())
     return h.hexdigest()
