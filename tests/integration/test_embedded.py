@@ -58,19 +58,16 @@ def test_conversion_cache_survives_a_killed_writer(tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
     fingerprint = wb.models.verify.checkpoint_fingerprint(emb.embedded_gguf_path())
     target = tmp_path / f"{emb.EMBEDDED_NAME}-{fingerprint[:16]}"
-    # Kill a conversion mid-write: a child process starts converting and is killed.
-    child = subprocess.Popen(
-        [sys.executable, "-u", "-c", "from workbench.models.embedded import converted_embedded_model as c; "
-         f"c({fingerprint!r})"], env={**os.environ, "WORKBENCH_CACHE": str(tmp_path)},
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    child.stdout.readline()  # it has announced the conversion
-    import time
-
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(tmp_path.glob("*.tmp-*/model.safetensors")):
-        time.sleep(0.05)
-    child.kill()
-    child.wait()
+    # Kill a conversion mid-write, deterministically: the child SIGKILLs itself when it is about
+    # to rename its finished temporary folder into place (or earlier, at any os.replace).
+    script = ("import os, signal\n"
+              "os.replace = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+              "from workbench.models.embedded import converted_embedded_model as c\n"
+              f"c({fingerprint!r})\n")
+    child = subprocess.run([sys.executable, "-c", script], env={**os.environ, "WORKBENCH_CACHE": str(tmp_path)},
+                           capture_output=True, timeout=600)
+    assert child.returncode == -9
+    assert list(tmp_path.glob("*.tmp-*"))  # it left a half-finished folder behind
     assert not (target / "COMPLETE").exists()
     folder = emb.converted_embedded_model(fingerprint, progress=False)
     assert folder == target and (folder / "COMPLETE").exists()
