@@ -105,6 +105,26 @@ def test_generate_greedy_and_seeded_sampling(tiny_model):
     assert not tiny_model.generate("the cat", max_new_tokens=3, include_prompt=False).startswith("the cat")
 
 
+def greedy_by_full_forwards(model, prompt, n):
+    tokens = model.to_tokens(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            next_token = model(tokens)[0, -1].argmax()
+            tokens = torch.cat([tokens, next_token.view(1, 1)], dim=1)
+    return tokens
+
+
+def test_generate_uses_its_kv_cache_correctly(tiny_model):
+    # Every decode step must attend to the whole prefix: a generate() whose KV cache stays
+    # empty agrees with a full forward on the first token only.
+    for prompt in ("the cat", "a dog sat on"):
+        expected = greedy_by_full_forwards(tiny_model, prompt, 16)
+        got = tiny_model.bridge.generate(
+            prompt, max_new_tokens=16, do_sample=False, stop_at_eos=False, return_type="tokens", verbose=False
+        )
+        assert got.tolist() == expected.tolist()
+
+
 def test_info_describes_the_model(tiny_model, hf_folder):
     info = tiny_model.info()
     assert info["format"] == "hf" and info["architecture"] == "LlamaForCausalLM"

@@ -302,10 +302,14 @@ def _boot_bridge(hf_model, tokenizer, dtype: torch.dtype):
 
     # The bridge prints and logs chatter about its setup that is noise to our users.
     with contextlib.redirect_stdout(io.StringIO()):
-        return TransformerBridge.boot_transformers(
+        bridge = TransformerBridge.boot_transformers(
             hf_model.config._name_or_path or "llama",
             hf_model=hf_model,
             tokenizer=tokenizer,
             dtype=dtype,
             device=None if getattr(hf_model, "hf_device_map", None) else next(hf_model.parameters()).device,
         )
+    from workbench.models.kv_cache import route_kv_cache
+
+    route_kv_cache(bridge)  # without it, generate() decodes with an empty KV cache
+    return bridge
