@@ -61,6 +61,9 @@ class HookedLlama:
         self.hf_model = hf_model
         self.source = source
         self._catalogue: pd.DataFrame | None = None
+        # Descriptions of the steering / ablation contexts now open (innermost last); eval
+        # manifests record them so a result says which interventions produced it.
+        self._interventions: list[dict[str, Any]] = []
 
     # --- running --------------------------------------------------------------------------
 
@@ -108,6 +111,10 @@ class HookedLlama:
         return sum(
             len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in set(self.bridge.hook_dict.values())
         )
+
+    def active_interventions(self) -> list[dict[str, Any]]:
+        """The steering / ablation contexts now open, outermost first (empty outside them)."""
+        return [dict(item) for item in self._interventions]
 
     def generate(
         self,
