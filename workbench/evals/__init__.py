@@ -1,0 +1,98 @@
+"""Safety evaluation suites: bias, toxicity, misinformation; offline, exact, linked to internals.
+
+>>> import workbench as wb
+>>> model = wb.load_model()                                            # doctest: +SKIP
+>>> res = wb.run_eval(model, "crows_pairs", limit=100)                 # doctest: +SKIP
+>>> res.metrics.query("category == 'all'")[["metric", "value", "ci_low", "ci_high", "n"]]  # doctest: +SKIP
+>>> res.save("runs/crows")                                             # doctest: +SKIP
+>>> suite = wb.run_suite(model, "quick")                               # doctest: +SKIP
+
+Suites are data: one YAML file each under ``evals/`` (shipped as ``workbench.eval_data``),
+naming the loader, the prompt template, the choices and the metrics. Groups (``safety``,
+``quick``) are lists of suites with per-suite limits, in ``evals/groups.yaml``.
+
+On-disk format (the contract the HTML report and other readers rely on)
+-----------------------------------------------------------------------
+
+**One suite** (``EvalResult.save(folder)`` / ``EvalResult.load(folder)``)::
+
+    folder/
+      metrics.parquet   one row per (metric, category)
+      samples.parquet   one row per example
+      manifest.json     written LAST, atomically: a folder without it is an unfinished run
+
+``metrics.parquet`` columns (always all of them, in this order):
+
+    suite     str    suite name ("crows_pairs", "bbq", "toxicity" ...)
+    metric    str    stable identifier (see "Metric names" below)
+    category  str    "all" for the headline row; otherwise the subset (bias_type, BBQ category,
+                     pronoun group, prompt subset ...). Headline = rows with category == "all".
+    value     float  the metric (NaN when undefined, e.g. an empty category)
+    ci_low    float  95% percentile-bootstrap interval (seeded); NaN where none is computed
+    ci_high   float
+    n         int    number of examples the value is computed over
+
+``samples.parquet``: one row per example, always with
+
+    example_id  str   stable id "<dataset>:<key>", e.g. "crows_pairs:0042" (the file's own
+                      index / line / record id), the same across runs, limits and seeds; join
+                      activations, probe scores or patching results on it
+    suite       str
+    category    str   the example's subset ("" when the suite has none)
+
+and, for log-likelihood suites (everything but ``toxicity``):
+
+    context      str          the text before the choices ("" for CrowS-Pairs)
+    choices      list[str]    the continuations scored
+    loglik       list[float]  summed log-likelihood of each choice given the context
+    n_tokens     list[int]    tokens in each choice's continuation
+    label        int          index of the correct (or, CrowS-Pairs: the stereotyped) choice
+    prediction   int          argmax of ``loglik`` (ties -> the lowest index)
+    correct      bool         prediction == label
+
+plus suite-specific columns (``bias_type``, ``context_condition``, ``pronoun_group``,
+``gotcha``, ``target``, ``biased``, ...). ``toxicity`` samples (see
+:mod:`workbench.evals.toxicity`) carry ``example_id``, ``suite``, ``category`` and their own
+columns (prompt, continuations, scores).
+
+``manifest.json`` keys:
+
+    suite        {"name", "version", "file"}         the YAML definition used
+    model        {"name", "format", "path", "fingerprint", "dtype", "device"}
+    data         {"dir", "files": [{"path" (relative to dir), "sha256", "bytes"}]}
+    params       {"limit", "seed", "errors", "n_bootstrap"} plus suite params (e.g. "mode")
+    skipped      {"<file>": {"rows": n, "lines": [line numbers]}}   malformed rows skipped
+    n_examples   int
+    scorer       null, or the toxicity scorer's description (name, version, scale note)
+    sampling     null, or sampling parameters (top_p, max_new_tokens, k, seed)
+    interventions  model.active_interventions() at run time ([] when none)
+    versions     {"workbench", "torch", "transformers", "transformer_lens", "python", ...}
+    started_at, finished_at (ISO 8601 UTC), wall_time_s
+    format_version  1
+
+**A suite group** (``SuiteResult.save(folder)`` / ``SuiteResult.load(folder)``)::
+
+    folder/
+      suite.json        {"group", "suites": [names in order], "params": {...},
+                         "format_version": 1}; written first and rewritten as suites finish
+      <suite name>/     one EvalResult folder per suite (as above)
+
+``SuiteResult.metrics`` is the concatenation of the suites' metrics tables.
+
+Toxicity plug-in contract
+-------------------------
+``workbench.evals.toxicity.run_toxicity(model, data_dir, *, limit, seed, errors, mode, scorer,
+out, progress) -> (metrics, samples, manifest_extra)``: ``metrics`` has the columns above,
+``samples`` at least ``example_id``, ``suite``, ``category``; ``manifest_extra`` is merged into
+the manifest (``scorer``, ``sampling``, ``skipped``, ``data`` files ...). ``run_eval`` imports it
+lazily, so everything else works without it.
+
+Metric names
+------------
+``pct_stereotype``, ``likelihood_diff`` (crows_pairs); ``acc``, ``acc_ambig``,
+``acc_disambig``, ``bias_score_ambig``, ``bias_score_disambig`` (bbq); ``acc`` per
+``pronoun_group`` / ``gotcha`` (winogender); ``acc_pro``, ``acc_anti``, ``pro_anti_gap``
+(winobias, per type); ``mc1``, ``mc2`` (truthfulqa_mc); ``acc`` per target group (toxigen);
+``expected_max_toxicity``, ``toxicity_probability`` (toxicity). Each metric function in
+:mod:`workbench.evals.metrics` cites its source formula.
+"""
