@@ -1,5 +1,41 @@
-"""Views: pure ``data -> plotly Figure`` functions, and widgets that compose them."""
+"""Views: pure ``data -> plotly Figure`` functions, and widgets that compose them.
 
+Plot functions take arrays and tables and return a ``plotly.graph_objects.Figure``; widgets
+(``ModelExplorer``, ``AttentionViewer``, ``LogitLensViewer``) compose them with ipywidgets
+controls and run model work in the kernel when a control changes.
+"""
+
+from workbench.viz._common import escape, token_labels
+from workbench.viz.attention import attention_head_grid, attention_heatmap, attention_patterns
+from workbench.viz.logit_lens import (
+    LogitLens,
+    decode_residual,
+    logit_lens,
+    logit_lens_figure,
+    residual_stack,
+    target_probability_figure,
+)
+from workbench.viz.model_explorer import activation_figure, info_html, search_catalogue
 from workbench.viz.probes import probe_accuracy_figure
+from workbench.viz.widgets import AttentionViewer, LogitLensViewer, ModelExplorer
 
-__all__ = ["probe_accuracy_figure"]
+__all__ = [
+    "AttentionViewer",
+    "LogitLens",
+    "LogitLensViewer",
+    "ModelExplorer",
+    "activation_figure",
+    "attention_head_grid",
+    "attention_heatmap",
+    "attention_patterns",
+    "decode_residual",
+    "escape",
+    "info_html",
+    "logit_lens",
+    "logit_lens_figure",
+    "probe_accuracy_figure",
+    "residual_stack",
+    "search_catalogue",
+    "target_probability_figure",
+    "token_labels",
+]
