@@ -13,11 +13,16 @@ from workbench.models.verify import VerifyReport, verify_checkpoint
 from workbench import probing as probes
 from workbench.probing import Direction, LinearProbe, MassMeanProbe, ProbeResult, RidgeProbe, probe_sweep
 from workbench.store import ActivationStore, ShardedArray, StoreError, cache_activations
+from workbench import viz
+from workbench.viz import AttentionViewer, LogitLensViewer, ModelExplorer, logit_lens
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ActivationStore",
+    "AttentionViewer",
+    "LogitLensViewer",
+    "ModelExplorer",
     "Direction",
     "LinearProbe",
     "MassMeanProbe",
@@ -35,9 +40,11 @@ __all__ = [
     "detect_format",
     "hook_catalogue",
     "load_model",
+    "logit_lens",
     "names_filter_fn",
     "probe_sweep",
     "probes",
     "select_hooks",
     "verify_checkpoint",
+    "viz",
 ]
