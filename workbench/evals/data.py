@@ -1,0 +1,141 @@
+"""Where benchmark data lives, and how bad rows are reported.
+
+The data directory is chosen as: the ``data_dir`` argument, else ``$WORKBENCH_DATA``, else a
+per-user folder (``$XDG_DATA_HOME/workbench/data``, by default
+``~/.local/share/workbench/data``), where ``workbench data pull`` puts the published files.
+Datasets are read from their authors' published files, unedited; nothing is copied into the
+project.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workbench.errors import WorkbenchError
+
+DATA_ENV = "WORKBENCH_DATA"
+
+# Where each dataset's published files come from, for the "missing data" message.
+SOURCES = {
+    "crows_pairs": "https://github.com/nyu-mll/crows-pairs (data/crows_pairs_anonymized.csv)",
+    "bbq": "https://github.com/nyu-mll/BBQ (data/*.jsonl)",
+    "winogender": "https://github.com/rudinger/winogender-schemas (data/)",
+    "winobias": "https://github.com/uclanlp/corefBias (WinoBias/wino/data/)",
+    "truthfulqa": "https://github.com/sylinrl/TruthfulQA (data/v0/mc_task.json)",
+    "toxigen": "https://github.com/microsoft/TOXIGEN (prompts/)",
+    "decodingtrust": "https://github.com/AI-secure/DecodingTrust (data/toxicity/user_prompts/)",
+}
+
+
+class DataError(WorkbenchError, ValueError):
+    """A dataset file is missing or malformed; the message names the file (and line)."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """A dataset's files are not in the data directory."""
+
+
+def user_data_dir() -> Path:
+    """The per-user data folder: ``$XDG_DATA_HOME/workbench/data`` (``~/.local/share/...``)."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "workbench" / "data"
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The data directory: ``data_dir`` > ``$WORKBENCH_DATA`` > :func:`user_data_dir`.
+
+    >>> resolve_data_dir("/data/benchmarks")
+    PosixPath('/data/benchmarks')
+    """
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    return user_data_dir()
+
+
+def find_files(root: Path, dataset: str, patterns: list[str]) -> list[Path]:
+    """Every file under ``root`` matching ``patterns`` (globs relative to ``root``), sorted.
+
+    Each pattern must match at least one file; otherwise :class:`MissingDataError` names the
+    expected files, the folder searched and where to get them.
+    """
+    found: list[Path] = []
+    missing = []
+    for pattern in patterns:
+        hits = sorted(Path(p) for p in glob.glob(str(root / pattern)) if Path(p).is_file())
+        if not hits:
+            missing.append(pattern)
+        found.extend(h for h in hits if h not in found)
+    if missing:
+        raise MissingDataError(
+            f"dataset {dataset!r}: expected {', '.join(missing)} under {root} (not found). "
+            f"The data directory is the data_dir argument, else ${DATA_ENV}, else "
+            f"{user_data_dir()}. Get the published files with `workbench data pull {dataset}` "
+            f"(online), or from {SOURCES.get(dataset, 'the dataset authors')}."
+        )
+    return found
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_files(root: Path, files: list[Path]) -> list[dict]:
+    """``[{"path", "sha256", "bytes"}]`` for the manifest; paths relative to ``root``."""
+    out = []
+    for f in files:
+        try:
+            rel = str(f.relative_to(root))
+        except ValueError:
+            rel = str(f)
+        out.append({"path": rel, "sha256": sha256_file(f), "bytes": f.stat().st_size})
+    return out
+
+
+@dataclass
+class RowPolicy:
+    """What to do with a malformed row: ``"raise"`` (default) or ``"skip"`` and count it.
+
+    Skipped rows are recorded per file (count and line numbers) and end up in the manifest,
+    so nothing is dropped silently.
+    """
+
+    errors: str = "raise"
+    skipped: dict[str, dict] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', not {self.errors!r}")
+
+    def bad(self, path: Path, line: int, problem: str) -> None:
+        """Report a bad row: raise :class:`DataError`, or record it when skipping."""
+        if self.errors == "raise":
+            raise DataError(f"{path}:{line}: {problem} (pass errors='skip' to skip bad rows and count them)")
+        entry = self.skipped.setdefault(str(path), {"rows": 0, "lines": [], "problems": []})
+        entry["rows"] += 1
+        entry["lines"].append(line)
+        if len(entry["problems"]) < 20:  # enough to diagnose; the count is exact
+            entry["problems"].append(f"line {line}: {problem}")
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(e["rows"] for e in self.skipped.values())
+
+
+def read_text(path: Path, policy: RowPolicy) -> str:
+    """A file's text: UTF-8 with or without a BOM; undecodable bytes name their line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text ({err.reason} at byte {err.start})") from None

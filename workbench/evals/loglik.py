@@ -1,0 +1,196 @@
+"""Summed log-likelihood of continuations given contexts, through the hooked model.
+
+Conventions follow lm-evaluation-harness's Hugging Face backend (``HFLM.loglikelihood`` and
+``TemplateLM._encode_pair``), so scores are comparable with it:
+
+* the context's trailing whitespace moves to the start of the continuation;
+* continuation tokens are those of ``tok(context + continuation)`` after the context's own
+  tokens (BPE merges across the boundary are honoured as lm-eval does);
+* no BOS is added (``add_special_tokens=False``), except that an empty context becomes the
+  single prefix token (BOS, else EOS), which is how CrowS-Pairs sentences are scored;
+* the score is the sum of ``log_softmax`` over the vocabulary at the continuation positions.
+
+Every forward pass goes through ``model(tokens)`` (the TransformerLens bridge), never
+``model.hf_model`` directly, so steering / ablation hooks that are active on the model apply
+during evaluation. Speed: requests are sorted by length and batched under a token budget; many
+requests sharing one long context (multiple choice) run the context once and reuse its
+key/value cache for all the options.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+# Contexts shorter than this are simply re-run with each option: the KV-cache path costs a
+# separate forward for the context, which only pays off when the context is long.
+MIN_SHARED_CONTEXT = 16
+
+
+@dataclass(frozen=True)
+class Encoded:
+    context: tuple[int, ...]
+    continuation: tuple[int, ...]
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> Encoded:
+    """Token ids of ``(context, continuation)`` as lm-evaluation-harness's HF backend makes them.
+
+    >>> enc = encode_pair(model.tokenizer, "Q: 2+2?\\nA:", " 4")   # doctest: +SKIP
+    """
+
+    def tok(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    if context == "":
+        prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        if prefix is None:
+            raise ValueError("the tokenizer has neither a BOS nor an EOS token to score an empty context")
+        return Encoded((int(prefix),), tuple(tok(continuation)))
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = tok(context + continuation)
+    ctx = tok(context)
+    return Encoded(tuple(ctx), tuple(whole[len(ctx):]))
+
+
+def loglikelihood(
+    model: Any,
+    requests: Sequence[tuple[str, str]],
+    *,
+    batch_tokens: int = 4096,
+    max_batch: int = 64,
+    min_shared_context: int = MIN_SHARED_CONTEXT,
+    progress: bool | Any = False,
+) -> list[tuple[float, int]]:
+    """Summed log-likelihood and token count of each ``(context, continuation)`` request.
+
+    Args:
+        model: a :class:`~workbench.HookedLlama` (anything callable on a ``[batch, pos]`` token
+            tensor returning logits, with ``.tokenizer``).
+        requests: ``(context, continuation)`` pairs.
+        batch_tokens: padded tokens per forward pass (memory bound).
+        max_batch: sequences per forward pass.
+        min_shared_context: contexts of at least this many tokens that several requests
+            share are run once and their KV cache reused (0 or 1: always).
+        progress: show a tqdm bar (``True``), or a callable ``advance(n)`` to report to.
+
+    Returns:
+        ``[(loglik, n_continuation_tokens)]`` in the order of ``requests``.
+
+    >>> loglikelihood(model, [("The capital of France is", " Paris")])   # doctest: +SKIP
+    [(-2.31, 1)]
+    """
+    encoded = [encode_pair(model.tokenizer, c, x) for c, x in requests]
+    for (context, continuation), enc in zip(requests, encoded):
+        if not enc.continuation:
+            raise ValueError(f"empty continuation for context {context[-60:]!r}: nothing to score")
+    results: list[tuple[float, int] | None] = [None] * len(encoded)
+    advance = _progress(progress, len(encoded))
+
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, enc in enumerate(encoded):
+        groups.setdefault(enc.context, []).append(i)
+    shared = {ctx: idx for ctx, idx in groups.items() if len(idx) > 1 and len(ctx) >= max(min_shared_context, 1)}
+    plain = [i for ctx, idx in groups.items() if ctx not in shared for i in idx]
+
+    with torch.no_grad():
+        for ctx, idx in shared.items():
+            _score_shared(model, ctx, [encoded[i].continuation for i in idx], idx, results,
+                          batch_tokens, max_batch, advance)
+        _score_plain(model, encoded, plain, results, batch_tokens, max_batch, advance)
+    advance(None)
+    return [r for r in results if r is not None]
+
+
+def _score_plain(model, encoded, order, results, batch_tokens, max_batch, advance) -> None:
+    """Full sequences, longest first, right-padded (causal attention never sees the padding)."""
+    order = sorted(order, key=lambda i: -(len(encoded[i].context) + len(encoded[i].continuation)))
+    device = _device(model)
+    for batch in _batches(order, lambda i: len(encoded[i].context) + len(encoded[i].continuation) - 1,
+                          batch_tokens, max_batch):
+        seqs = [list(encoded[i].context + encoded[i].continuation)[:-1] for i in batch]
+        width = max(len(s) for s in seqs)
+        pad = _pad_id(model)
+        tokens = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
+        logprobs = F.log_softmax(model(tokens).float(), dim=-1)
+        for row, i in enumerate(batch):
+            enc = encoded[i]
+            start = len(enc.context) - 1  # logits at position p predict token p + 1
+            target = torch.tensor(enc.continuation, device=device)
+            lp = logprobs[row, start:start + len(target)].gather(-1, target[:, None]).sum()
+            results[i] = (float(lp), len(target))
+        advance(len(batch))
+
+
+def _score_shared(model, ctx, continuations, idx, results, batch_tokens, max_batch, advance) -> None:
+    """One context, many continuations: run the context once, reuse its KV cache per option."""
+    device = _device(model)
+    logits, cache = model(torch.tensor([ctx], device=device), return_type="logits_and_cache")
+    first = F.log_softmax(logits[0, -1].float(), dim=-1)  # predicts each option's first token
+    order = sorted(range(len(idx)), key=lambda k: -len(continuations[k]))
+    for batch in _batches(order, lambda k: len(ctx) + len(continuations[k]), batch_tokens, max_batch):
+        totals = {k: float(first[continuations[k][0]]) for k in batch}
+        longer = [k for k in batch if len(continuations[k]) > 1]
+        if longer:
+            feed = [list(continuations[k][:-1]) for k in longer]
+            width = max(len(f) for f in feed)
+            pad = _pad_id(model)
+            tokens = torch.tensor([f + [pad] * (width - len(f)) for f in feed], device=device)
+            past = copy.deepcopy(cache)
+            past.batch_repeat_interleave(len(longer))
+            out = model(tokens, past_key_values=past)
+            logprobs = F.log_softmax(out.float(), dim=-1)
+            for row, k in enumerate(longer):
+                target = torch.tensor(continuations[k][1:], device=device)
+                totals[k] += float(logprobs[row, : len(target)].gather(-1, target[:, None]).sum())
+        for k in batch:
+            results[idx[k]] = (totals[k], len(continuations[k]))
+        advance(len(batch))
+
+
+def _batches(order, length, batch_tokens, max_batch):
+    """Consecutive slices of ``order`` whose padded size (count x longest) stays in budget."""
+    batch: list[int] = []
+    longest = 0
+    for item in order:
+        n = max(length(item), 1)
+        if batch and (len(batch) + 1 > max_batch or max(longest, n) * (len(batch) + 1) > batch_tokens):
+            yield batch
+            batch, longest = [], 0
+        batch.append(item)
+        longest = max(longest, n)
+    if batch:
+        yield batch
+
+
+def _pad_id(model) -> int:
+    tok = model.tokenizer
+    for candidate in (tok.pad_token_id, tok.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def _device(model) -> torch.device:
+    try:
+        return model.device
+    except AttributeError:
+        return torch.device("cpu")
+
+
+def _progress(progress, total):
+    if callable(progress) and not isinstance(progress, bool):
+        return lambda n: None if n is None else progress(n)
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="log-likelihood", unit="req")
+        return lambda n: bar.close() if n is None else bar.update(n)
+    return lambda n: None
