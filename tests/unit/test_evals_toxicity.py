@@ -96,3 +96,226 @@ def test_scorer_specs_and_errors(tmp_path, monkeypatch):
     assert get_scorer(mine) is mine
     with pytest.raises(TypeError):
         get_scorer(42)
+
+
+# --- toxicity suite --------------------------------------------------------------------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+from workbench.evals import toxicity as tox  # noqa: E402
+
+
+class WordScorer:
+    """Deterministic test scorer: share of words in a continuation that are "cat" or "dog"."""
+
+    name = "words"
+    scale_note = "test scorer"
+
+    def __init__(self, fail_after: int | None = None, kill_after: int | None = None):
+        self.calls = 0
+        self.fail_after, self.kill_after = fail_after, kill_after
+
+    def score(self, texts):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("injected failure")
+        if self.kill_after is not None and self.calls > self.kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return np.array([np.mean([w in ("cat", "dog") for w in t.split()]) if t.split() else 0.0 for t in texts])
+
+
+def _rtp(text, toxicity=0.5):
+    return json.dumps({"filename": "x.txt", "prompt": {"text": text, "toxicity": toxicity},
+                       "continuation": {"text": " the end"}})
+
+
+def write_data(root: Path) -> Path:
+    """A small data folder in the published formats, in the tiny tokenizer's vocabulary."""
+    (root / "decodingtrust" / "toxicity").mkdir(parents=True)
+    (root / "toxigen" / "prompts").mkdir(parents=True)
+    toxic = ["the cat sat on", "a dog ran to", "the red house is", "it was in the"]
+    nontoxic = ["paris is the capital of", "the blue mat", "what is the"]
+    (root / "decodingtrust/toxicity/toxic.jsonl").write_text("\n".join(_rtp(t, 0.9) for t in toxic) + "\n")
+    (root / "decodingtrust/toxicity/nontoxic.jsonl").write_text(
+        "\ufeff" + "\n".join(_rtp(t, 0.1) for t in nontoxic) + "\n")  # a BOM must not break line 1
+    (root / "toxigen/prompts/hate_cat_1k.txt").write_text("- the cat is red\\n- a cat sat\\n-\n- cat cat\\n-\n")
+    (root / "toxigen/prompts/hate_dog_1k.txt").write_text("- the dog ran\\n-\n")
+    (root / "toxigen/prompts/neutral_cat_1k.txt").write_text("- the cat sat on a mat\\n-\n- rome is in italy\\n-\n")
+    return root
+
+
+@pytest.fixture()
+def data(tmp_path):
+    return write_data(tmp_path / "data")
+
+
+def test_load_prompts_interleaves_subsets_and_reads_formats(data):
+    prompts, skipped = tox.load_prompts(data, "full")
+    assert skipped == {}
+    assert list(prompts["category"][:4]) == ["toxic", "nontoxic", "toxigen_hate", "toxigen_neutral"]
+    assert prompts["category"].value_counts().to_dict() == {"toxic": 4, "nontoxic": 3, "toxigen_hate": 3,
+                                                              "toxigen_neutral": 2}
+    first = prompts.set_index("example_id")
+    assert first.loc["rtp_nontoxic:0001", "prompt"] == "paris is the capital of"  # BOM stripped
+    assert first.loc["rtp_toxic:0002", "prompt_toxicity"] == 0.9
+    assert first.loc["toxigen_hate_cat:0001", "prompt"] == "- the cat is red\n- a cat sat\n-"
+    assert first.loc["toxigen_hate_cat:0001", "group"] == "cat"
+    # round-robin over ToxiGen groups too: hate_cat line 1, hate_dog line 1, hate_cat line 2
+    assert list(prompts.query("category == 'toxigen_hate'")["example_id"]) == [
+        "toxigen_hate_cat:0001", "toxigen_hate_dog:0001", "toxigen_hate_cat:0002"]
+    assert first.loc["toxigen_hate_dog:0001", "source"] == "toxigen/prompts/hate_dog_1k.txt:1"
+    quick, _ = tox.load_prompts(data, "quick")
+    assert len(quick) == 7 + 3  # quick: one ToxiGen prompt per group file
+
+
+def test_load_prompts_bad_rows_name_file_and_line(data):
+    path = data / "decodingtrust/toxicity/toxic.jsonl"
+    lines = path.read_text().splitlines()
+    lines[1] = '{"prompt": {"text": "the cat"'            # bad JSON
+    lines[2] = json.dumps({"prompt": {"text": "  "}})      # empty field
+    lines.insert(3, json.dumps({"text": "wrong columns"}))
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(WorkbenchError, match=r"toxic.jsonl, line 2: not valid JSON"):
+        tox.load_prompts(data)
+    prompts, skipped = tox.load_prompts(data, errors="skip")
+    assert skipped == {"decodingtrust/toxicity/toxic.jsonl": {"rows": 3, "lines": [2, 3, 4]}}
+    assert list(prompts.query("category == 'toxic'")["example_id"]) == ["rtp_toxic:0001", "rtp_toxic:0005"]
+    (data / "toxigen/prompts/neutral_cat_1k.txt").unlink()
+    with pytest.raises(WorkbenchError, match=r"toxigen/prompts/neutral_\*_1k.txt.*workbench data pull"):
+        tox.load_prompts(data)
+
+
+def test_metrics_hand_computed():
+    samples = pd.DataFrame({"category": ["toxic", "toxic", "nontoxic", "toxic"],
+                            "max_score": [0.5, 0.2, 0.49, 0.9]})  # 0.5 counts as toxic (>=)
+    m = tox.toxicity_metrics(samples, seed=0).set_index(["metric", "category"])
+    assert m.loc[("expected_max_toxicity", "all"), "value"] == pytest.approx((0.5 + 0.2 + 0.49 + 0.9) / 4)
+    assert m.loc[("toxicity_probability", "all"), "value"] == pytest.approx(2 / 4)
+    assert m.loc[("expected_max_toxicity", "toxic"), "value"] == pytest.approx(1.6 / 3)
+    assert m.loc[("toxicity_probability", "toxic"), "value"] == pytest.approx(2 / 3)
+    assert m.loc[("toxicity_probability", "nontoxic"), "value"] == 0.0
+    assert m.loc[("toxicity_probability", "nontoxic"), "n"] == 1
+    assert np.isnan(m.loc[("toxicity_probability", "nontoxic"), "ci_low"])  # no CI from one prompt
+    low, high = m.loc[("expected_max_toxicity", "all"), ["ci_low", "ci_high"]]
+    assert 0.2 <= low <= m.loc[("expected_max_toxicity", "all"), "value"] <= high <= 0.9
+    again = tox.toxicity_metrics(samples, seed=0)
+    pd.testing.assert_frame_equal(again, tox.toxicity_metrics(samples, seed=0))
+    assert np.isnan(tox.expected_max_toxicity(np.array([])))
+
+
+def test_sampling_is_seeded_within_the_nucleus_and_leaves_global_rng(tiny_model):
+    sampling = tox.Sampling(k=4, max_new_tokens=6)
+    state = torch.random.get_rng_state()
+    a = tox.sample_continuations(tiny_model, "the cat sat on", sampling, seed=11)
+    assert torch.equal(state, torch.random.get_rng_state())
+    assert a == tox.sample_continuations(tiny_model, "the cat sat on", sampling, seed=11)
+    assert a != tox.sample_continuations(tiny_model, "the cat sat on", sampling, seed=12)
+    assert len(a) == 4 and len(set(a)) > 1
+    # oracle: every sampled token lies in the top-p nucleus of the HF model's distribution
+    hf = tiny_model.hf_model
+    prompt = tiny_model.to_tokens("the cat sat on")[0].tolist()
+    rows = tox.sample_tokens(tiny_model, "the cat sat on", sampling, seed=11)
+    assert a == [tiny_model.tokenizer.decode(r, skip_special_tokens=True) for r in rows]
+    for row in rows:
+        ids = prompt + row
+        with torch.no_grad():
+            probs = torch.softmax(hf(torch.tensor([ids])).logits[0].double(), -1)
+        for pos in range(len(prompt), len(ids)):
+            ranked = torch.sort(probs[pos - 1], descending=True)
+            rank = (ranked.indices == ids[pos]).nonzero().item()
+            assert ranked.values[:rank].sum().item() < 0.9 + 1e-6  # inside the nucleus
+
+
+def test_sampling_applies_open_hooks(tiny_model):
+    """A hook pushing the final residual along one token's unembedding makes it the only choice."""
+    tok = tiny_model.tokenizer.convert_tokens_to_ids("paris")
+    direction = tiny_model.hf_model.lm_head.weight[tok].detach()
+    last = tiny_model.cfg.n_layers - 1
+
+    def push(resid, hook):
+        return resid + 1e3 * direction
+
+    with tiny_model.hooks([(f"blocks.{last}.hook_resid_post", push)]):
+        texts = tox.sample_continuations(tiny_model, "the cat", tox.Sampling(k=3, max_new_tokens=4), seed=0)
+    assert texts == ["paris paris paris paris"] * 3
+
+
+def _frames_equal(a, b):
+    pd.testing.assert_frame_equal(a[0], b[0])
+    pd.testing.assert_frame_equal(a[1], b[1])
+
+
+def test_run_toxicity_tables_and_order_independence(tiny_model, data, tmp_path):
+    kw = dict(mode="full", k=3, scorer=WordScorer(), progress=False, n_bootstrap=200)
+    metrics, samples, extra = tox.run_toxicity(tiny_model, data, **kw)
+    assert list(metrics.columns) == ["suite", "metric", "category", "value", "ci_low", "ci_high", "n"]
+    assert set(metrics["category"]) == {"all", *tox.SUBSETS}
+    assert len(samples) == 12 and all(len(c) == 3 for c in samples["continuations"])
+    assert samples["max_score"].tolist() == [max(s) for s in samples["scores"]]
+    by = metrics.set_index(["metric", "category"])
+    assert by.loc[("expected_max_toxicity", "toxic"), "value"] == pytest.approx(
+        samples.query("category == 'toxic'")["max_score"].mean())
+    assert by.loc[("toxicity_probability", "all"), "n"] == 12
+    assert extra["scorer"]["name"] == "words" and extra["sampling"]["top_p"] == 0.9
+    assert extra["sampling"]["k"] == 3 and extra["sampling"]["max_new_tokens"] == 20
+    assert {f["path"] for f in extra["data"]["files"]} >= {"decodingtrust/toxicity/toxic.jsonl"}
+    # seeds are per example: a limited run gives the same rows for the examples it has
+    _, head, _ = tox.run_toxicity(tiny_model, data, limit=5, **kw)
+    pd.testing.assert_frame_equal(head, samples.head(5))
+
+
+def test_run_toxicity_resumes_after_an_exception(tiny_model, data, tmp_path):
+    kw = dict(mode="full", k=2, progress=False, n_bootstrap=200)
+    full = tox.run_toxicity(tiny_model, data, scorer=WordScorer(), **kw)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="injected"):
+        tox.run_toxicity(tiny_model, data, scorer=WordScorer(fail_after=5), out=out, **kw)
+    lines = (out / tox.PROGRESS_FILE).read_text().splitlines()
+    assert len(lines) == 1 + 5  # header + the five finished examples
+    resumed_scorer = WordScorer()
+    resumed = tox.run_toxicity(tiny_model, data, scorer=resumed_scorer, out=out, **kw)
+    assert resumed_scorer.calls == 12 - 5  # finished examples were not sampled again
+    _frames_equal(resumed, full)
+    with pytest.raises(WorkbenchError, match="other settings"):
+        tox.run_toxicity(tiny_model, data, scorer=WordScorer(), out=out, **{**kw, "k": 3})
+
+
+CHILD = """
+import sys
+sys.path.insert(0, {tests!r})
+import workbench as wb
+from test_evals_toxicity import WordScorer
+from workbench.evals.toxicity import run_toxicity
+model = wb.load_model({model!r}, device="cpu")
+run_toxicity(model, {data!r}, mode="full", k=2, progress=False, n_bootstrap=200,
+             scorer=WordScorer(kill_after=4), out={out!r})
+"""
+
+
+def test_run_toxicity_resumes_after_sigkill_and_a_torn_line(tiny_model, hf_folder, data, tmp_path):
+    kw = dict(mode="full", k=2, progress=False, n_bootstrap=200)
+    full = tox.run_toxicity(tiny_model, data, scorer=WordScorer(), **kw)
+    out = tmp_path / "run"
+    script = CHILD.format(tests=str(Path(__file__).parent), model=str(hf_folder[0]), data=str(data), out=str(out))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    progress = out / tox.PROGRESS_FILE
+    assert len(progress.read_text().splitlines()) == 1 + 4
+    with open(progress, "a") as fh:  # what a kill in the middle of a write leaves behind
+        fh.write('{"example_id": "rtp_toxic:0003", "continuations": ["the ca')
+    resumed = tox.run_toxicity(tiny_model, data, scorer=WordScorer(), out=out, **kw)
+    _frames_equal(resumed, full)
+    assert len(progress.read_text().splitlines()) == 1 + 12
+    # a damaged line in the middle is not guessed at
+    lines = progress.read_text().splitlines()
+    lines[3] = lines[3][:10]
+    progress.write_text("\n".join(lines) + "\n")
+    with pytest.raises(WorkbenchError, match=r"line 4: unreadable"):
+        tox.run_toxicity(tiny_model, data, scorer=WordScorer(), out=out, **kw)
