@@ -182,13 +182,15 @@ def test_load_prompts_bad_rows_name_file_and_line(data):
     lines[2] = json.dumps({"prompt": {"text": "  "}})      # empty field
     lines.insert(3, json.dumps({"text": "wrong columns"}))
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(WorkbenchError, match=r"toxic.jsonl, line 2: not valid JSON"):
+    with pytest.raises(WorkbenchError, match=r"toxic.jsonl:2: not valid JSON"):
         tox.load_prompts(data)
     prompts, skipped = tox.load_prompts(data, errors="skip")
-    assert skipped == {"decodingtrust/toxicity/toxic.jsonl": {"rows": 3, "lines": [2, 3, 4]}}
+    assert list(skipped) == [str(path)] and skipped[str(path)]["rows"] == 3
+    assert skipped[str(path)]["lines"] == [2, 3, 4]
+    assert "line 4: no prompt.text" in skipped[str(path)]["problems"][2]
     assert list(prompts.query("category == 'toxic'")["example_id"]) == ["rtp_toxic:0001", "rtp_toxic:0005"]
     (data / "toxigen/prompts/neutral_cat_1k.txt").unlink()
-    with pytest.raises(WorkbenchError, match=r"toxigen/prompts/neutral_\*_1k.txt.*workbench data pull"):
+    with pytest.raises(WorkbenchError, match=r"toxigen/prompts/neutral_\*_1k.txt under .*workbench data pull toxigen"):
         tox.load_prompts(data)
 
 

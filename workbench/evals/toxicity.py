@@ -45,6 +45,8 @@ import pandas as pd
 import torch
 
 from workbench.errors import WorkbenchError
+from workbench.evals.data import RowPolicy, describe_files, find_files, resolve_data_dir
+from workbench.evals.metrics import bootstrap_ci
 from workbench.evals.scorers import Scorer, get_scorer
 
 SUITE = "toxicity"
@@ -115,58 +117,42 @@ def load_prompts(data_dir: str | Path, mode: str = "full", *, errors: str = "rai
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
-    if errors not in ("raise", "skip"):
-        raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
     root = Path(data_dir)
     cfg = MODES[mode]
-    skipped: dict[str, dict] = {}
-    expected = [*DT_FILES.values(), TOXIGEN_GLOB.format(label="hate"), TOXIGEN_GLOB.format(label="neutral")]
-    missing = [rel for rel in DT_FILES.values() if not (root / rel).is_file()]
-    toxigen = {label: sorted((root / "toxigen" / "prompts").glob(f"{label}_*_1k.txt")) for label in ("hate", "neutral")}
-    missing += [TOXIGEN_GLOB.format(label=label) for label, files in toxigen.items() if not files]
-    if missing:
-        raise WorkbenchError(
-            f"toxicity data missing under {root}: {', '.join(missing)} (expected files: "
-            f"{', '.join(expected)}; `workbench data pull` downloads them)"
-        )
+    policy = RowPolicy(errors)
+    find_files(root, "decodingtrust", list(DT_FILES.values()))  # a clear error naming what is missing
+    toxigen = {label: find_files(root, "toxigen", [TOXIGEN_GLOB.format(label=label)]) for label in ("hate", "neutral")}
     by_subset: dict[str, list[dict]] = {}
     for subset, rel in DT_FILES.items():
-        by_subset[subset] = _read_rtp(root, rel, cfg.dt_per_file, errors, skipped, subset)
+        by_subset[subset] = _read_rtp(root / rel, rel, cfg.dt_per_file, policy, subset)
     for label in ("hate", "neutral"):
-        per_group = [_read_toxigen(root, f, cfg.toxigen_per_file, errors, skipped, label) for f in toxigen[label]]
+        per_group = [_read_toxigen(root, f, cfg.toxigen_per_file, policy, label) for f in toxigen[label]]
         by_subset[f"toxigen_{label}"] = _round_robin(per_group)
     rows = _round_robin([by_subset[s] for s in SUBSETS])
-    return pd.DataFrame(rows, columns=["example_id", "category", "group", "prompt", "prompt_toxicity", "source"]), skipped
+    columns = ["example_id", "category", "group", "prompt", "prompt_toxicity", "source"]
+    return pd.DataFrame(rows, columns=columns), policy.skipped
 
 
-def _bad_row(errors: str, skipped: dict, rel: str, line: int, why: str) -> None:
-    if errors == "raise":
-        raise WorkbenchError(f"{rel}, line {line}: {why} (pass errors='skip' to skip malformed rows)")
-    entry = skipped.setdefault(rel, {"rows": 0, "lines": []})
-    entry["rows"] += 1
-    entry["lines"].append(line)
-
-
-def _read_rtp(root: Path, rel: str, limit: int | None, errors: str, skipped: dict, subset: str) -> list[dict]:
+def _read_rtp(path: Path, rel: str, limit: int | None, policy: RowPolicy, subset: str) -> list[dict]:
     rows = []
-    with open(root / rel, encoding="utf-8-sig") as fh:  # utf-8-sig: a leading BOM is not data
+    with open(path, encoding="utf-8-sig") as fh:  # utf-8-sig: a leading BOM is not data
         for line_no, line in enumerate(fh, start=1):
             if limit is not None and len(rows) >= limit:
                 break
             if not line.strip():
-                _bad_row(errors, skipped, rel, line_no, "empty line")
+                policy.bad(path, line_no, "empty line")
                 continue
             try:
                 record = json.loads(line)
                 text = record["prompt"]["text"]
             except json.JSONDecodeError as err:
-                _bad_row(errors, skipped, rel, line_no, f"not valid JSON ({err.msg})")
+                policy.bad(path, line_no, f"not valid JSON ({err.msg})")
                 continue
             except (KeyError, TypeError):
-                _bad_row(errors, skipped, rel, line_no, "no prompt.text (expected a RealToxicityPrompts record)")
+                policy.bad(path, line_no, "no prompt.text (expected a RealToxicityPrompts record)")
                 continue
             if not isinstance(text, str) or not text.strip():
-                _bad_row(errors, skipped, rel, line_no, "empty prompt.text")
+                policy.bad(path, line_no, "empty prompt.text")
                 continue
             score = record["prompt"].get("toxicity")
             rows.append({"example_id": f"rtp_{subset}:{line_no:04d}", "category": subset, "group": "",
@@ -175,7 +161,7 @@ def _read_rtp(root: Path, rel: str, limit: int | None, errors: str, skipped: dic
     return rows
 
 
-def _read_toxigen(root: Path, file: Path, limit: int, errors: str, skipped: dict, label: str) -> list[dict]:
+def _read_toxigen(root: Path, file: Path, limit: int, policy: RowPolicy, label: str) -> list[dict]:
     rel = file.relative_to(root).as_posix()
     group = file.name.removeprefix(f"{label}_").removesuffix("_1k.txt")
     rows = []
@@ -185,7 +171,7 @@ def _read_toxigen(root: Path, file: Path, limit: int, errors: str, skipped: dict
                 break
             text = line.rstrip("\r\n")
             if not text.strip():
-                _bad_row(errors, skipped, rel, line_no, "empty line")
+                policy.bad(file, line_no, "empty line")
                 continue
             # The files write each prompt's statements on one line with literal "\n"; lines end
             # with "\n-", so the model continues the list with a new statement.
@@ -338,17 +324,6 @@ def toxicity_probability(max_scores: np.ndarray, threshold: float = THRESHOLD) -
     return float(np.mean(max_scores >= threshold)) if len(max_scores) else float("nan")
 
 
-def _bootstrap_ci(values: np.ndarray, stat, seed: int, n_bootstrap: int = 1000) -> tuple[float, float]:
-    """95% percentile bootstrap over prompts (resampled with replacement, seeded)."""
-    if len(values) < 2:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(n_bootstrap, len(values)))
-    stats = np.array([stat(values[row]) for row in idx])
-    low, high = np.percentile(stats, [2.5, 97.5])
-    return float(low), float(high)
-
-
 def toxicity_metrics(samples: pd.DataFrame, seed: int = 0, n_bootstrap: int = 1000) -> pd.DataFrame:
     """The metrics table from per-prompt samples (``category``, ``max_score`` columns).
 
@@ -362,7 +337,7 @@ def toxicity_metrics(samples: pd.DataFrame, seed: int = 0, n_bootstrap: int = 10
         values = part["max_score"].to_numpy(dtype=np.float64)
         for name, fn in (("expected_max_toxicity", expected_max_toxicity),
                          ("toxicity_probability", toxicity_probability)):
-            low, high = _bootstrap_ci(values, fn, seed, n_bootstrap)
+            low, high = bootstrap_ci(fn, [values], n_boot=n_bootstrap, seed=seed)
             rows.append({"suite": SUITE, "metric": name, "category": category, "value": fn(values),
                          "ci_low": low, "ci_high": high, "n": len(values)})
     frame = pd.DataFrame(rows, columns=["suite", "metric", "category", "value", "ci_low", "ci_high", "n"])
@@ -409,7 +384,7 @@ def run_toxicity(
 
     >>> metrics, samples, extra = run_toxicity(model, data_dir, limit=8, mode="quick")  # doctest: +SKIP
     """
-    root = _resolve_data_dir(data_dir)
+    root = resolve_data_dir(data_dir)
     prompts, skipped = load_prompts(root, mode, errors=errors)
     if limit is not None:
         prompts = prompts.head(limit)
@@ -446,27 +421,9 @@ def run_toxicity(
         "sampling": {**asdict(sampling), "mode": mode,
                      "seeding": "per example: sha256(seed, example_id), inside torch.random.fork_rng"},
         "skipped": skipped,
-        "data": {"dir": str(root), "files": _file_hashes(root, samples["source"])},
+        "data": {"dir": str(root), "files": describe_files(root, sorted({root / s.rsplit(":", 1)[0] for s in samples["source"]}))},
     }
     return metrics, samples, extra
-
-
-def _resolve_data_dir(data_dir: str | Path | None) -> Path:
-    if data_dir is not None:
-        return Path(data_dir)
-    env = os.environ.get("WORKBENCH_DATA")
-    if env:
-        return Path(env)
-    raise WorkbenchError("no data directory: pass data_dir= or set WORKBENCH_DATA")
-
-
-def _file_hashes(root: Path, sources: pd.Series) -> list[dict]:
-    files = sorted({s.rsplit(":", 1)[0] for s in sources})
-    out = []
-    for rel in files:
-        data = (root / rel).read_bytes()
-        out.append({"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)})
-    return out
 
 
 def _progress(total: int, initial: int, enabled: bool):
