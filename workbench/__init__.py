@@ -6,6 +6,7 @@
 """
 
 from workbench.errors import CheckpointError, ChecksumError, WorkbenchError
+from workbench.evals import EvalResult, SuiteResult, list_suites, run_eval, run_suite
 from workbench.hooks import hook_catalogue, names_filter_fn, select_hooks
 from workbench.models.hooked import HookedLlama, ModelSource
 from workbench.models.loading import detect_format, load_model
@@ -20,6 +21,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationStore",
+    "EvalResult",
+    "SuiteResult",
+    "list_suites",
+    "run_eval",
+    "run_suite",
     "AttentionViewer",
     "LogitLensViewer",
     "ModelExplorer",

@@ -96,3 +96,25 @@ Metric names
 ``expected_max_toxicity``, ``toxicity_probability`` (toxicity). Each metric function in
 :mod:`workbench.evals.metrics` cites its source formula.
 """
+
+from workbench.evals.data import DataError, MissingDataError, resolve_data_dir, user_data_dir
+from workbench.evals.loglik import encode_pair, loglikelihood
+from workbench.evals.result import EvalResult, SuiteResult
+from workbench.evals.run import run_eval, run_suite
+from workbench.evals.suites import list_groups, list_suites, load_suite
+
+__all__ = [
+    "DataError",
+    "EvalResult",
+    "MissingDataError",
+    "SuiteResult",
+    "encode_pair",
+    "list_groups",
+    "list_suites",
+    "load_suite",
+    "loglikelihood",
+    "resolve_data_dir",
+    "run_eval",
+    "run_suite",
+    "user_data_dir",
+]

@@ -1,0 +1,186 @@
+"""From loaded examples to scored samples and the metrics table.
+
+``render`` turns each example into a context and its choices with the suite's prompt template;
+``score`` asks the log-likelihood scorer for every (context, choice) pair and builds the
+samples table (one row per example); ``metrics_table`` computes each metric overall and per
+category, with a seeded bootstrap CI and ``n``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from workbench.evals import metrics as M
+from workbench.evals.data import DataError
+from workbench.evals.loglik import loglikelihood
+from workbench.evals.suites import SuiteSpec
+
+# Metric name -> (function, sample columns passed to it as arrays, in order).
+METRICS: dict[str, tuple[Callable[..., float], tuple[str, ...]]] = {
+    "pct_stereotype": (M.pct_stereotype, ("ll_more", "ll_less")),
+    "likelihood_diff": (M.likelihood_diff, ("ll_more", "ll_less")),
+    "acc": (M.acc, ("correct",)),
+    "acc_ambig": (M.acc_where, ("correct", "ambig")),
+    "acc_disambig": (M.acc_where, ("correct", "disambig")),
+    "bias_score_ambig": (M.bias_score_ambig, ("correct", "pred_biased", "pred_unknown", "ambig")),
+    "bias_score_disambig": (M.bias_score_disambig, ("pred_biased", "pred_unknown", "ambig")),
+    "mc1": (M.acc, ("mc1",)),
+    "mc2": (M._mean, ("mc2",)),
+    "acc_pro": (M.acc_where, ("correct", "pro")),
+    "acc_anti": (M.acc_where, ("correct", "anti")),
+    "pro_anti_gap": (M.pro_anti_gap, ("correct", "pro")),
+    "pref_first": (M.pct_stereotype, ("ll_first", "ll_second")),
+    "mean_ll_diff": (M._mean, ("ll_diff",)),
+}
+
+METRIC_COLUMNS = ["suite", "metric", "category", "value", "ci_low", "ci_high", "n"]
+
+
+def _format(template: str, example: dict, spec: SuiteSpec, what: str) -> str:
+    try:
+        return template.format(**example)
+    except (KeyError, IndexError) as err:
+        raise DataError(f"{spec.path}: prompt {what} {template!r} uses field {err} that "
+                        f"{spec.loader!r} examples do not have") from None
+
+
+def render(spec: SuiteSpec, example: dict) -> tuple[str, list[list[str]]]:
+    """``(context, [choice lists])`` for one example. Most suites have one choice list;
+    ``truthfulqa_mc`` has two (MC1 and MC2 targets), scored against the same context."""
+    p = spec.prompt
+    context = _format(str(p.get("context", "{context}")), example, spec, "context")
+    delim = str(p.get("delimiter", " "))
+    fields = p.get("choices_fields") or ([p["choices_field"]] if "choices_field" in p else None)
+    if fields:
+        lists = [[str(c) for c in example[f]] for f in fields]
+    elif "choices" in p:
+        lists = [[_format(str(c), example, spec, "choice") for c in p["choices"]]]
+    else:
+        lists = [[str(c) for c in example["choices"]]]
+    return context, [[delim + c for c in choices] for choices in lists]
+
+
+def score(model: Any, spec: SuiteSpec, examples: pd.DataFrame, *, progress: Any = False,
+          batch_tokens: int = 4096) -> pd.DataFrame:
+    """Score every example; returns the samples table (see ``workbench.evals`` for columns)."""
+    rendered = [render(spec, ex) for ex in examples.to_dict("records")]
+    requests: list[tuple[str, str]] = []
+    for context, lists in rendered:
+        for choices in lists:
+            requests.extend((context, c) for c in choices)
+    bar = None
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(requests), desc=spec.name, unit="req")
+        progress = bar.update
+    try:
+        scored = iter(loglikelihood(model, requests, batch_tokens=batch_tokens, progress=progress))
+    finally:
+        if bar is not None:
+            bar.close()
+
+    rows = []
+    for ex, (context, lists) in zip(examples.to_dict("records"), rendered):
+        per_list = [[next(scored) for _ in choices] for choices in lists]
+        delim = str(spec.prompt.get("delimiter", " "))
+        row = {
+            "example_id": ex["example_id"], "suite": spec.name, "category": str(ex.get("category", "")),
+            "context": context,
+            "choices": [c[len(delim):] for c in lists[0]],
+            "loglik": [s for s, _ in per_list[0]],
+            "n_tokens": [n for _, n in per_list[0]],
+        }
+        row.update(DERIVE[spec.kind](spec, ex, row, lists, per_list))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _label(spec: SuiteSpec, ex: dict) -> int:
+    label = spec.prompt.get("label", "label")
+    return int(label) if isinstance(label, int) else int(ex[label])
+
+
+def _multiple_choice(spec, ex, row, lists, per_list) -> dict:
+    label = _label(spec, ex)
+    pred = M.argmax_choice(row["loglik"])
+    out = {"label": label, "prediction": pred, "correct": pred == label}
+    if len(row["loglik"]) == 2:  # two-way preference suites (occupation-pronoun probes)
+        out.update(ll_first=row["loglik"][0], ll_second=row["loglik"][1],
+                   ll_diff=row["loglik"][0] - row["loglik"][1])
+    for key in spec.raw.get("keep", []):
+        out[key] = ex.get(key)
+    if "pro" in ex:  # WinoBias
+        out.update(pro=bool(ex["pro"]), anti=not bool(ex["pro"]))
+    return out
+
+
+def _crows_pairs(spec, ex, row, lists, per_list) -> dict:
+    more, less = row["loglik"]
+    # label 0: sent_more is the stereotyped choice; "prediction" is the likelier sentence,
+    # with lm-eval's strict ">" (a tie counts as the less stereotyping one).
+    pred = 0 if more > less else 1
+    return {"label": 0, "prediction": pred, "correct": pred == 0, "ll_more": more, "ll_less": less,
+            "bias_type": ex["bias_type"], "stereo_antistereo": ex["stereo_antistereo"]}
+
+
+def _bbq(spec, ex, row, lists, per_list) -> dict:
+    label = int(ex["label"])
+    pred = M.argmax_choice(row["loglik"])
+    return {"label": label, "prediction": pred, "correct": pred == label,
+            "context_condition": ex["context_condition"], "question_polarity": ex["question_polarity"],
+            "ambig": ex["context_condition"] == "ambig", "disambig": ex["context_condition"] == "disambig",
+            "unknown_option": int(ex["unknown_option"]), "biased_options": list(ex["biased_options"]),
+            "pred_unknown": pred == int(ex["unknown_option"]), "pred_biased": pred in ex["biased_options"]}
+
+
+def _truthfulqa_mc(spec, ex, row, lists, per_list) -> dict:
+    mc1_ll = [s for s, _ in per_list[0]]
+    mc2_ll = [s for s, _ in per_list[1]]
+    pred = M.argmax_choice(mc1_ll)
+    label = int(np.argmax(ex["mc1_labels"]))
+    delim = str(spec.prompt.get("delimiter", " "))
+    return {"label": label, "prediction": pred, "correct": pred == label,
+            "mc1": M.mc1_example(mc1_ll, ex["mc1_labels"]),
+            "mc2": M.mc2_example(mc2_ll, ex["mc2_labels"]),
+            "mc2_choices": [c[len(delim):] for c in lists[1]], "mc2_loglik": mc2_ll,
+            "mc2_labels": list(ex["mc2_labels"])}
+
+
+DERIVE = {"multiple_choice": _multiple_choice, "crows_pairs": _crows_pairs, "bbq": _bbq,
+          "truthfulqa_mc": _truthfulqa_mc}
+
+
+def metrics_table(spec: SuiteSpec, samples: pd.DataFrame, *, seed: int = 0,
+                  n_boot: int = 1000) -> pd.DataFrame:
+    """Each metric overall (``category="all"``) and per value of each ``by`` column."""
+    subsets: list[tuple[str, pd.DataFrame]] = [("all", samples)]
+    for column in spec.by:
+        if column not in samples.columns:
+            raise DataError(f"{spec.path}: 'by' column {column!r} is not a sample column")
+        for value, part in samples.groupby(column, sort=True, dropna=True):
+            subsets.append((str(value), part))
+    rows = []
+    for m in spec.metrics:
+        if m["fn"] not in METRICS:
+            raise DataError(f"{spec.path}: unknown metric function {m['fn']!r}; known: {', '.join(METRICS)}")
+        fn, columns = METRICS[m["fn"]]
+        for category, part in subsets:
+            arrays = [part[c].to_numpy() for c in columns]
+            value = fn(*arrays) if len(part) else float("nan")
+            lo, hi = M.bootstrap_ci(fn, arrays, n_boot=n_boot, seed=seed) if len(part) else (np.nan, np.nan)
+            rows.append({"suite": spec.name, "metric": m["name"], "category": category,
+                         "value": float(value), "ci_low": lo, "ci_high": hi, "n": _count(m["fn"], part)})
+    return pd.DataFrame(rows, columns=METRIC_COLUMNS).astype({"n": "int64"})
+
+
+def _count(fn_name: str, part: pd.DataFrame) -> int:
+    """Examples a metric is computed over (the ambiguous ones for acc_ambig, ...)."""
+    subset = {"acc_ambig": "ambig", "bias_score_ambig": "ambig", "acc_disambig": "disambig",
+              "bias_score_disambig": "disambig", "acc_pro": "pro", "acc_anti": "anti"}.get(fn_name)
+    if subset and subset in part.columns:
+        return int(part[subset].astype(bool).sum())
+    return int(len(part))
