@@ -6,6 +6,8 @@
     workbench cache ...         cache activations over a dataset into a resumable on-disk store
     workbench probe ...         per-layer probe sweep for a concept: table, directions, HTML plot
     workbench demo [MODEL]      the main job: info, a generated answer, activation norms by layer
+    workbench report RUN -o F   self-contained HTML report of a saved eval run (opens offline)
+    workbench data pull [NAME]  download the published benchmark files (sha256-checked)
 """
 
 from __future__ import annotations
@@ -97,7 +99,38 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="Q: What is the capital of France?\nA:")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.set_defaults(run=cmd_demo)
+
+    p = sub.add_parser("report", help="self-contained HTML report of a saved eval run")
+    p.add_argument("run_dir", help="a saved eval folder (EvalResult or suite group)")
+    p.add_argument("-o", "--out", default=None, help="HTML file (default: RUN_DIR/report.html)")
+    p.add_argument("--top", type=int, default=10, help="examples listed per suite")
+    p.set_defaults(run=cmd_report)
+
+    p = sub.add_parser("data", help="benchmark data: `workbench data pull`")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser("pull", help="download the published benchmark files, checked by sha256")
+    p.add_argument("names", nargs="*", help="datasets (default: all)")
+    p.add_argument("--only", action="append", help="a dataset to fetch (repeatable)")
+    p.add_argument("--dest", default=None, help="data directory (default: $WORKBENCH_DATA, else the user data dir)")
+    p.add_argument("--base-url", default="https://raw.githubusercontent.com", help="mirror of raw GitHub")
+    p.set_defaults(run=cmd_data_pull)
     return parser
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from workbench.evals.report import write_report
+
+    out = write_report(args.run_dir, args.out or Path(args.run_dir) / "report.html", top=args.top)
+    console.print(f"wrote {out}")
+    return 0
+
+
+def cmd_data_pull(args) -> int:
+    from workbench.evals.data_pull import cli_pull
+
+    return cli_pull(args, console)
 
 
 def _load(args):

@@ -1,0 +1,302 @@
+"""A self-contained HTML report of a saved eval run (one suite or a suite group).
+
+The report reads the on-disk format documented in :mod:`workbench.evals` (``metrics.parquet``,
+``samples.parquet``, ``manifest.json``; ``suite.json`` for a group) and writes one HTML file
+that opens offline: plotly.js is inlined once (never a CDN link), every string from data, the
+model or the manifest is HTML-escaped, and there are no external resources at all.
+
+Per suite: the manifest (model and checkpoint hash, data file hashes, seed, sampling, scorer
+and its scale note, interventions, versions), the metrics table with CIs and n, a chart per
+metric across categories, and the examples that drive the numbers (the most stereotyped
+CrowS-Pairs pairs, the most confidently wrong multiple-choice answers, the most toxic
+continuations).
+
+>>> from workbench.evals.report import write_report
+>>> write_report("runs/crows-smollm2", "report.html")              # doctest: +SKIP
+PosixPath('report.html')
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from workbench.errors import WorkbenchError
+from workbench.viz.evals import eval_category_figure, eval_metrics_figure, toxicity_score_figure
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.5em 0 1em;font-size:.9em} td,th{border:1px solid #ddd;padding:3px 8px;vertical-align:top}
+th{background:#f4f4f4;text-align:left} td.num{text-align:right;font-variant-numeric:tabular-nums}
+.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.5em 1em;margin:1em 0}
+.text{white-space:pre-wrap;max-width:520px} details{margin:.5em 0} pre{white-space:pre-wrap;font-size:.85em}
+"""
+
+
+@dataclass
+class SavedSuite:
+    """One suite's saved tables, as read from its folder."""
+
+    name: str
+    folder: Path
+    metrics: pd.DataFrame
+    samples: pd.DataFrame
+    manifest: dict[str, Any]
+
+
+def load_run(folder: str | os.PathLike) -> tuple[str, list[SavedSuite], dict[str, str]]:
+    """Read a saved EvalResult folder, or a SuiteResult folder (``suite.json`` + one per suite).
+
+    Returns:
+        ``(title, suites, skipped)``: skipped maps a group's suites that did not run to why.
+
+    Raises:
+        WorkbenchError: the folder is not a saved run, or a suite in it never finished (no
+            ``manifest.json``, which is written last).
+
+    >>> title, suites, skipped = load_run("runs/safety")                       # doctest: +SKIP
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise WorkbenchError(f"{root}: no such run folder")
+    group_file = root / "suite.json"
+    if group_file.is_file():
+        try:
+            group = json.loads(group_file.read_text())
+        except json.JSONDecodeError as err:
+            raise WorkbenchError(f"{group_file}: not valid JSON ({err.msg})") from None
+        suites = []
+        for name in group.get("suites", []):
+            if (root / name / "manifest.json").is_file():
+                suites.append(_load_suite(root / name))
+        if not suites:
+            raise WorkbenchError(f"{root}: no finished suite yet (no <suite>/manifest.json)")
+        return f"suite group {group.get('group', root.name)}", suites, dict(group.get("skipped") or {})
+    if not (root / "manifest.json").is_file():
+        if (root / "metrics.parquet").is_file():
+            raise WorkbenchError(f"{root}: no manifest.json: the run did not finish (it is written last)")
+        raise WorkbenchError(f"{root}: not a saved eval run (expected manifest.json, metrics.parquet, "
+                             "samples.parquet, or suite.json for a suite group)")
+    suite = _load_suite(root)
+    return f"suite {suite.name}", [suite], {}
+
+
+def _load_suite(folder: Path) -> SavedSuite:
+    for name in ("manifest.json", "metrics.parquet", "samples.parquet"):
+        if not (folder / name).is_file():
+            raise WorkbenchError(f"{folder}: {name} missing")
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except json.JSONDecodeError as err:
+        raise WorkbenchError(f"{folder / 'manifest.json'}: not valid JSON ({err.msg})") from None
+    metrics = pd.read_parquet(folder / "metrics.parquet")
+    samples = pd.read_parquet(folder / "samples.parquet")
+    name = (manifest.get("suite") or {}).get("name") or (metrics["suite"].iloc[0] if len(metrics) else folder.name)
+    return SavedSuite(str(name), folder, metrics, samples, manifest)
+
+
+# --- HTML pieces ---------------------------------------------------------------------------
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    return f"{float(value):.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
+    """Rows are already-escaped HTML cells."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(r))
+        + "</tr>"
+        for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def metrics_table_html(metrics: pd.DataFrame) -> str:
+    """The metrics table: metric, category, value, 95% CI, n (escaped HTML)."""
+    rows = [[_e(r.metric), _e(r.category), _num(r.value), f"[{_num(r.ci_low)}, {_num(r.ci_high)}]", _num(int(r.n))]
+            for r in metrics.itertuples()]
+    return _table(["metric", "category", "value", "95% CI", "n"], rows, numeric={2, 3, 4})
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    return list(value) if not isinstance(value, str) else [value]
+
+
+def examples_html(suite: SavedSuite, top: int = 10) -> str:
+    """The examples behind the numbers: most toxic, most stereotyped, or most confidently wrong."""
+    s = suite.samples
+    if s.empty:
+        return "<p>No examples.</p>"
+    if {"max_score", "continuations", "scores"} <= set(s.columns):
+        worst = s.sort_values("max_score", ascending=False, kind="stable").head(top)
+        rows = []
+        for r in worst.itertuples():
+            scores = _as_list(r.scores)
+            conts = _as_list(r.continuations)
+            i = int(np.argmax(scores)) if scores else 0
+            rows.append([_e(r.example_id), _e(r.category), f'<div class="text">{_e(r.prompt)}</div>',
+                         f'<div class="text">{_e(conts[i] if conts else "")}</div>', _num(r.max_score, 3)])
+        return ("<h3>Most toxic continuations</h3>"
+                + _table(["example_id", "subset", "prompt", "worst continuation", "score"], rows, numeric={4}))
+    if not {"choices", "loglik", "label"} <= set(s.columns):
+        return "<p>No per-example choices to rank.</p>"
+    ll = [np.asarray(_as_list(x), dtype=float) for x in s["loglik"]]
+    labels = s["label"].astype(int).to_numpy()
+    chosen = [int(np.argmax(x)) if len(x) else -1 for x in ll]
+    if suite.name == "crows_pairs":
+        # label = the stereotyped sentence; margin = how much more likely the model finds it
+        margin = np.array([x[lab] - np.max(np.delete(x, lab)) if len(x) > 1 else np.nan for x, lab in zip(ll, labels)])
+        order = [i for i in np.argsort(-np.nan_to_num(margin, nan=-np.inf), kind="stable") if margin[i] > 0][:top]
+        title, header = "Most stereotyped pairs (LL(stereotyped) − LL(other))", ["example_id", "category",
+                                                                                  "stereotyped", "other", "margin"]
+    else:
+        margin = np.array([x[c] - x[lab] if len(x) else np.nan for x, c, lab in zip(ll, chosen, labels)])
+        order = [i for i in np.argsort(-np.nan_to_num(margin, nan=-np.inf), kind="stable") if margin[i] > 0][:top]
+        title, header = "Most confidently wrong (LL(chosen) − LL(correct))", ["example_id", "category",
+                                                                                "context / chosen", "correct", "margin"]
+    if not order:
+        return f"<h3>{_e(title)}</h3><p>None.</p>"
+    rows = []
+    for i in order:
+        r = s.iloc[i]
+        choices = _as_list(r["choices"])
+        lab = labels[i]
+        other = chosen[i] if suite.name != "crows_pairs" else next(j for j in range(len(choices)) if j != lab)
+        context = str(r.get("context", "") or "")
+        first = _e(choices[lab]) if suite.name == "crows_pairs" else f"{_e(context)} <b>{_e(choices[other])}</b>"
+        second = _e(choices[other]) if suite.name == "crows_pairs" else _e(choices[lab])
+        rows.append([_e(r["example_id"]), _e(r.get("category", "")), f'<div class="text">{first}</div>',
+                     f'<div class="text">{second}</div>', _num(margin[i], 3)])
+    return f"<h3>{_e(title)}</h3>" + _table(header, rows, numeric={4})
+
+
+def manifest_html(manifest: dict[str, Any]) -> str:
+    """Model, data hashes, parameters, scorer, interventions, versions: escaped key/value rows."""
+    model = manifest.get("model") or {}
+    rows = [
+        ["model", _e(f"{model.get('name', '?')} ({model.get('format', '?')}, {model.get('dtype', '?')}, "
+                     f"{model.get('device', '?')})")],
+        ["checkpoint fingerprint", f"<code>{_e(model.get('fingerprint'))}</code>"],
+        ["suite", _e(json.dumps(manifest.get("suite")))],
+        ["parameters", _e(json.dumps(manifest.get("params"), default=str))],
+        ["examples", _num(manifest.get("n_examples"))],
+        ["interventions", _e(json.dumps(manifest.get("interventions") or [], default=str)) or "none"],
+        ["wall time", _e(f"{manifest.get('wall_time_s', float('nan')):.1f} s, {manifest.get('started_at')} → "
+                         f"{manifest.get('finished_at')}") if manifest.get("wall_time_s") is not None else "–"],
+    ]
+    if manifest.get("sampling"):
+        rows.append(["sampling", _e(json.dumps(manifest["sampling"], default=str))])
+    if manifest.get("scorer"):
+        rows.append(["scorer", _e(json.dumps(manifest["scorer"], default=str))])
+    skipped = manifest.get("skipped") or {}
+    n_skipped = sum(int(v.get("rows", 0)) for v in skipped.values()) if isinstance(skipped, dict) else 0
+    rows.append(["skipped rows", f"{n_skipped}" + (f" <pre>{_e(json.dumps(skipped, indent=1))}</pre>" if n_skipped else "")])
+    files = (manifest.get("data") or {}).get("files") or []
+    data = "".join(f"<div><code>{_e(f.get('sha256', ''))[:16]}…</code> {_e(f.get('path'))} ({_num(f.get('bytes'))} B)</div>"
+                   for f in files) or "none (built-in suite)"
+    rows.append(["data files (sha256)", data])
+    rows.append(["versions", _e(json.dumps(manifest.get("versions"), default=str))])
+    full = f"<details><summary>full manifest.json</summary><pre>{_e(json.dumps(manifest, indent=2, default=str))}</pre></details>"
+    return _table(["", ""], rows) + full
+
+
+def _scorer_note(suite: SavedSuite) -> str:
+    scorer = suite.manifest.get("scorer")
+    if not scorer:
+        return ""
+    name = scorer.get("name") if isinstance(scorer, dict) else scorer
+    note = scorer.get("scale_note", "") if isinstance(scorer, dict) else ""
+    return (f'<div class="note"><b>Toxicity scorer: {_e(name)}.</b> {_e(note)} '
+            "These numbers are not Perspective API numbers.</div>")
+
+
+class _Figures:
+    """Figure HTML with plotly.js inlined once, in the first figure of the page."""
+
+    def __init__(self):
+        self.first = True
+
+    def __call__(self, fig) -> str:
+        out = fig.to_html(full_html=False, include_plotlyjs=True if self.first else False,
+                          config={"displaylogo": False})
+        self.first = False
+        return out
+
+
+def report_html(folder: str | os.PathLike, top: int = 10) -> str:
+    """The report of a saved run as one HTML string (see :func:`write_report`).
+
+    >>> html_text = report_html("runs/crows-smollm2")                 # doctest: +SKIP
+    """
+    title, suites, skipped = load_run(folder)
+    figure = _Figures()
+    parts = [f"<h1>workbench eval report: {_e(title)}</h1>",
+             f"<p>Run folder <code>{_e(Path(folder).resolve())}</code>; report written "
+             f"{_e(_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))}.</p>"]
+    every = pd.concat([s.metrics for s in suites], ignore_index=True)
+    parts.append("<h2>Headline metrics</h2>" + figure(eval_metrics_figure(every)))
+    parts.append(metrics_table_html(every[every["category"] == "all"]))
+    if skipped:
+        parts.append("<p>Suites not run: " + "; ".join(f"<b>{_e(k)}</b>: {_e(v)}" for k, v in skipped.items()) + "</p>")
+    for suite in suites:
+        parts.append(f'<h2 id="{_e(suite.name)}">{_e(suite.name)}</h2>')
+        parts.append(_scorer_note(suite))
+        parts.append(metrics_table_html(suite.metrics))
+        for metric in dict.fromkeys(suite.metrics["metric"]):
+            if (suite.metrics["metric"] == metric).sum() > 1:  # more than the headline row
+                parts.append(figure(eval_category_figure(suite.metrics, metric, suite=suite.metrics["suite"].iloc[0])))
+        if {"category", "max_score"} <= set(suite.samples.columns):
+            scorer = (suite.manifest.get("scorer") or {}).get("name") if isinstance(suite.manifest.get("scorer"), dict) else None
+            parts.append(figure(toxicity_score_figure(suite.samples, scorer=scorer)))
+        parts.append(examples_html(suite, top))
+        parts.append("<h3>Manifest</h3>" + manifest_html(suite.manifest))
+    body = "\n".join(p for p in parts if p)
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+            f"<style>{_CSS}</style></head><body>{body}</body></html>")
+
+
+def write_report(folder: str | os.PathLike, out: str | os.PathLike, top: int = 10) -> Path:
+    """Write the self-contained HTML report of a saved run to ``out`` (atomically).
+
+    Args:
+        folder: a saved EvalResult folder, or a SuiteResult folder with ``suite.json``.
+        out: the HTML file to write.
+        top: examples listed per suite.
+
+    >>> write_report("runs/safety", "report.html")                    # doctest: +SKIP
+    PosixPath('report.html')
+    """
+    text = report_html(folder, top=top)
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
