@@ -12,6 +12,19 @@ from workbench.models.hooked import HookedLlama, ModelSource
 from workbench.models.loading import detect_format, load_model
 from workbench.models.verify import VerifyReport, verify_checkpoint
 from workbench import probing as probes
+from workbench.patching import (
+    DoseResponse,
+    PatchResult,
+    PatchingError,
+    attribution_agreement,
+    attribution_patch,
+    dose_response,
+    kl_to_clean,
+    logit_diff,
+    patch_sweep,
+    token_alignment,
+    token_prob,
+)
 from workbench.probing import Direction, LinearProbe, MassMeanProbe, ProbeResult, RidgeProbe, probe_sweep
 from workbench.store import ActivationStore, ShardedArray, StoreError, cache_activations
 from workbench import viz
@@ -26,6 +39,17 @@ __all__ = [
     "list_suites",
     "run_eval",
     "run_suite",
+    "DoseResponse",
+    "PatchResult",
+    "PatchingError",
+    "attribution_agreement",
+    "attribution_patch",
+    "dose_response",
+    "kl_to_clean",
+    "logit_diff",
+    "patch_sweep",
+    "token_alignment",
+    "token_prob",
     "AttentionViewer",
     "LogitLensViewer",
     "ModelExplorer",

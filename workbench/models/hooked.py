@@ -112,6 +112,36 @@ class HookedLlama:
             len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in set(self.bridge.hook_dict.values())
         )
 
+    # --- interventions (workbench.patching.steering) ----------------------------------------
+
+    def steer(self, direction: Any, layer: int | None = None, alpha: float = 1.0, site: str | None = None):
+        """Context: add ``alpha`` x the unit ``direction`` to the residual stream at ``layer``.
+
+        >>> with model.steer(direction, layer=12, alpha=4.0):      # doctest: +SKIP
+        ...     model.generate("The nurse said that")
+        """
+        from workbench.patching.steering import steer
+
+        return steer(self, direction, layer=layer, alpha=alpha, site=site)
+
+    def ablate(self, direction: Any, layers=None, site: str | None = None):
+        """Context: project ``direction`` out of the residual stream at ``layers`` (default all)."""
+        from workbench.patching.steering import ablate
+
+        return ablate(self, direction, layers=layers, site=site)
+
+    def ablate_heads(self, heads, mode: str = "zero", reference=None):
+        """Context: zero- or mean-ablate attention heads ``[(layer, head), ...]``."""
+        from workbench.patching.steering import ablate_heads
+
+        return ablate_heads(self, heads, mode=mode, reference=reference)
+
+    def ablate_neurons(self, neurons, mode: str = "zero", reference=None):
+        """Context: zero- or mean-ablate MLP neurons ``[(layer, neuron), ...]``."""
+        from workbench.patching.steering import ablate_neurons
+
+        return ablate_neurons(self, neurons, mode=mode, reference=reference)
+
     def active_interventions(self) -> list[dict[str, Any]]:
         """The steering / ablation contexts now open, outermost first (empty outside them)."""
         return [dict(item) for item in self._interventions]

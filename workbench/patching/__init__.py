@@ -1,0 +1,38 @@
+"""Activation patching and steering: what in the model causes a behaviour?
+
+- :func:`patch_sweep`: exact activation patching over (layer, position) or (layer, head) cells,
+  batched and resumed from the patched layer; equal to TransformerLens's ``get_act_patch_*``.
+- :func:`attribution_patch`: the gradient estimate of every cell from three passes.
+- ``model.steer`` / ``model.ablate`` / ``model.ablate_heads`` / ``model.ablate_neurons``:
+  temporary interventions (:mod:`workbench.patching.steering`).
+- :func:`dose_response`: a metric against steering strength, with a placebo direction.
+- metrics: :func:`logit_diff`, :func:`token_prob`, :func:`kl_to_clean`, or any
+  ``logits -> number`` callable.
+"""
+
+from workbench.patching.attribution import attribution_agreement, attribution_patch
+from workbench.patching.dose import DoseResponse, dose_response
+from workbench.patching.metrics import PatchingError, kl_to_clean, logit_diff, token_prob
+from workbench.patching.sites import SITES, Site
+from workbench.patching.steering import ablate, ablate_heads, ablate_neurons, steer
+from workbench.patching.sweep import PatchResult, patch_sweep, token_alignment
+
+__all__ = [
+    "DoseResponse",
+    "PatchResult",
+    "PatchingError",
+    "SITES",
+    "Site",
+    "ablate",
+    "ablate_heads",
+    "ablate_neurons",
+    "attribution_agreement",
+    "attribution_patch",
+    "dose_response",
+    "kl_to_clean",
+    "logit_diff",
+    "patch_sweep",
+    "steer",
+    "token_alignment",
+    "token_prob",
+]

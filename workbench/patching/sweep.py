@@ -1,0 +1,319 @@
+"""Activation patching sweeps: which activations carry the behaviour from one prompt to another?
+
+``patch_sweep`` runs a *clean* and a *corrupted* prompt, copies one activation (a layer and a
+position, or a layer and a head) from one run into the other, and records a metric for every
+such cell. Denoising (the default, as in TransformerLens's ``get_act_patch_*``) runs the
+corrupted prompt and patches in the clean activation; noising runs the clean prompt and patches
+in the corrupted one.
+
+It computes the same numbers as TransformerLens's patching functions, faster:
+
+- many cells share one forward pass: each cell is a copy of the prompts in the batch dimension,
+  and a single hook patches each copy at its own position / head;
+- blocks before the patched layer are not recomputed: their outputs are those of the unpatched
+  run, recorded once (:class:`~workbench.patching.runs.RecordedRun`), and the batch starts at
+  the patched block.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from workbench.patching.metrics import Metric, PatchingError, evaluate_metric
+from workbench.patching.runs import RecordedRun
+from workbench.patching.sites import Site, get_site
+
+MODES = ("denoise", "noise")
+# Logits dominate the memory of a batched run: keep one chunk's logits under this many bytes.
+_LOGITS_BUDGET_BYTES = 256 * 2**20
+
+
+@dataclass
+class PatchResult:
+    """A patching table: one value per (layer, position) or (layer, head) cell.
+
+    Attributes:
+        values: normalised effect ``[layers, positions]``, ``[layers, heads]`` or
+            ``[layers, positions, heads]``. Denoising: 1 = the patch restores the clean
+            metric fully, 0 = no effect. Noising: 1 = the patch alone turns the clean
+            metric into the corrupted one, 0 = no effect.
+        raw: the metric itself for every cell (what TransformerLens's functions return).
+        site, axes, mode, method: what was patched, along which axes, which way
+            ("denoise"/"noise"), and how ("exact" or "attribution").
+        clean_value, corrupt_value: the metric on the unpatched clean and corrupted runs.
+        layers, positions, heads: the index of each row / column of ``values``.
+        clean_tokens, corrupt_tokens: the first prompt pair's tokens, for labels.
+        metric_name: the metric's ``__name__``.
+    """
+
+    values: torch.Tensor
+    raw: torch.Tensor
+    site: str
+    axes: tuple[str, ...]
+    mode: str
+    method: str
+    clean_value: float
+    corrupt_value: float
+    layers: list[int]
+    positions: list[int] = field(default_factory=list)
+    heads: list[int] = field(default_factory=list)
+    clean_tokens: list[str] = field(default_factory=list)
+    corrupt_tokens: list[str] = field(default_factory=list)
+    metric_name: str = "metric"
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """Tidy table, one row per cell: layer, [pos, token, corrupt_token], [head], value, raw."""
+        axes = [self.layers] + [self.positions if a == "pos" else self.heads for a in self.axes]
+        index = pd.MultiIndex.from_product(axes, names=("layer",) + self.axes).to_frame(index=False)
+        index["value"] = self.values.reshape(-1).tolist()
+        index["raw"] = self.raw.reshape(-1).tolist()
+        if "pos" in self.axes:
+            index.insert(2, "token", [self.clean_tokens[p] for p in index["pos"]])
+            index.insert(3, "corrupt_token", [self.corrupt_tokens[p] for p in index["pos"]])
+        return index
+
+    def top(self, k: int = 10) -> pd.DataFrame:
+        """The ``k`` cells with the largest absolute effect."""
+        frame = self.frame
+        return frame.reindex(frame["value"].abs().sort_values(ascending=False).index).head(k)
+
+    def plot(self, title: str | None = None):
+        """Plotly heatmap with token labels (see :func:`workbench.viz.patching.patch_figure`)."""
+        from workbench.viz.patching import patch_figure
+
+        return patch_figure(self, title=title)
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``table.csv`` (the tidy frame), ``values.pt`` and ``result.json`` to ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.frame.to_csv(folder / "table.csv", index=False)
+        torch.save({"values": self.values, "raw": self.raw}, folder / "values.pt")
+        meta = {k: getattr(self, k) for k in ("site", "axes", "mode", "method", "clean_value", "corrupt_value",
+                                               "layers", "positions", "heads", "clean_tokens", "corrupt_tokens",
+                                               "metric_name")}
+        (folder / "result.json").write_text(json.dumps(meta, indent=2))
+        return folder
+
+
+def patch_sweep(
+    model,
+    clean,
+    corrupt,
+    metric: Metric,
+    site: str = "resid_pre",
+    *,
+    mode: str = "denoise",
+    layers: Sequence[int] | None = None,
+    positions: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> PatchResult:
+    """Patch every (layer, position) or (layer, head) cell of a site and record the metric.
+
+    Args:
+        model: a :class:`~workbench.HookedLlama`.
+        clean, corrupt: a prompt, a list of prompts (pairs by index) or ``[batch, pos]`` tokens.
+            All prompts must have the same number of tokens (see :func:`token_alignment`).
+        metric: logits ``[batch, pos, d_vocab]`` -> one number (see ``logit_diff``).
+        site: ``resid_pre``, ``resid_mid``, ``resid_post``, ``attn_out``, ``mlp_out``
+            (layer x position), ``head_out`` (layer x head, all positions) or ``head_out_by_pos``.
+        mode: ``"denoise"`` (run corrupted, patch in clean) or ``"noise"`` (the reverse).
+        layers, positions, heads: restrict the sweep (default: all).
+        batch_size: patched cells per forward pass (default: as many as fit a 256 MiB logits budget).
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`PatchResult`.
+
+    >>> metric = wb.logit_diff(model, " Mary", " John")                              # doctest: +SKIP
+    >>> res = wb.patch_sweep(model, clean, corrupt, metric, site="resid_pre")       # doctest: +SKIP
+    >>> res.values.shape                                                             # doctest: +SKIP
+    torch.Size([30, 15])
+    """
+    site_info = get_site(site)
+    if mode not in MODES:
+        raise PatchingError(f"mode={mode!r}; use one of {MODES}")
+    clean_tokens, corrupt_tokens = paired_tokens(model, clean, corrupt)
+    n_prompts, n_pos = clean_tokens.shape
+    layers = _check_indices("layers", layers, model.cfg.n_layers)
+    positions = _check_indices("positions", positions, n_pos)
+    heads = _check_indices("heads", heads, model.cfg.n_heads)
+
+    hooks = [site_info.hook_name(layer) for layer in layers]
+    clean_run = RecordedRun(model, clean_tokens, hooks)
+    corrupt_run = RecordedRun(model, corrupt_tokens, hooks)
+    base, source = (corrupt_run, clean_run) if mode == "denoise" else (clean_run, corrupt_run)
+    clean_value = evaluate_metric(metric, clean_run.logits)
+    corrupt_value = evaluate_metric(metric, corrupt_run.logits)
+
+    cells = _cells(site_info, positions, heads)  # per layer: one index tuple per cell
+    if batch_size is None:
+        per_cell = n_prompts * n_pos * model.cfg.d_vocab * 4
+        batch_size = max(1, min(256, _LOGITS_BUDGET_BYTES // per_cell))
+    raw = torch.empty(len(layers), len(cells))
+    bar = tqdm(total=len(layers) * len(cells), desc=f"patching {site}", disable=not progress, unit="cell")
+    try:
+        for li, layer in enumerate(layers):
+            hook = site_info.hook_name(layer)
+            for start in range(0, len(cells), batch_size):
+                chunk = cells[start : start + batch_size]
+                patch = _patch_hook(site_info, chunk, source.cache[hook], n_prompts)
+                with model.hooks([(hook, patch)]):
+                    logits = base.resume(layer, copies=len(chunk))
+                for c in range(len(chunk)):
+                    raw[li, start + c] = evaluate_metric(metric, logits[c * n_prompts : (c + 1) * n_prompts])
+                bar.update(len(chunk))
+    finally:
+        bar.close()
+
+    shape = [len(layers)] + [len(positions) if a == "pos" else len(heads) for a in site_info.axes]
+    raw = raw.reshape(shape)
+    return PatchResult(
+        values=normalise(raw, clean_value, corrupt_value, mode),
+        raw=raw,
+        site=site,
+        axes=site_info.axes,
+        mode=mode,
+        method="exact",
+        clean_value=clean_value,
+        corrupt_value=corrupt_value,
+        layers=layers,
+        positions=positions if "pos" in site_info.axes else [],
+        heads=heads if "head" in site_info.axes else [],
+        clean_tokens=model.to_str_tokens(clean_tokens[0]),
+        corrupt_tokens=model.to_str_tokens(corrupt_tokens[0]),
+        metric_name=getattr(metric, "__name__", "metric"),
+    )
+
+
+def normalise(raw: torch.Tensor, clean_value: float, corrupt_value: float, mode: str) -> torch.Tensor:
+    """Map metric values to 1 = full effect, 0 = none (see :class:`PatchResult`)."""
+    gap = clean_value - corrupt_value
+    if not math.isfinite(gap) or abs(gap) < 1e-8:
+        warnings.warn(
+            f"the metric is the same on the clean and corrupted runs ({clean_value:.6g}); "
+            "normalised values are undefined (NaN). The raw metric is in `.raw`.",
+            stacklevel=3,
+        )
+        return torch.full_like(raw, float("nan"))
+    if mode == "denoise":
+        return (raw - corrupt_value) / gap
+    return (clean_value - raw) / gap
+
+
+def paired_tokens(model, clean, corrupt) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens ``[batch, pos]`` of clean and corrupted prompts, checked to line up."""
+    clean_tokens = prompt_tokens(model, clean, "clean")
+    corrupt_tokens = prompt_tokens(model, corrupt, "corrupt")
+    if clean_tokens.shape != corrupt_tokens.shape:
+        raise PatchingError(
+            f"clean prompts are {tuple(clean_tokens.shape)} tokens ([prompts, tokens]) but corrupted "
+            f"prompts are {tuple(corrupt_tokens.shape)}; each clean/corrupt pair must have the same number "
+            "of tokens. wb.token_alignment(model, clean, corrupt) shows the tokens side by side."
+        )
+    return clean_tokens, corrupt_tokens
+
+
+def prompt_tokens(model, prompts, argument: str) -> torch.Tensor:
+    """One prompt, a list of prompts or a token tensor -> ``[batch, pos]`` (equal lengths required)."""
+    if isinstance(prompts, torch.Tensor):
+        tokens = prompts if prompts.dim() == 2 else prompts.unsqueeze(0)
+        return tokens.to(model.cfg.device)
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not prompts:
+        raise PatchingError(f"{argument}: no prompts given")
+    rows = [model.to_tokens(p)[0] for p in prompts]
+    lengths = [len(r) for r in rows]
+    if len(set(lengths)) > 1:
+        detail = ", ".join(f"#{i}: {n}" for i, n in enumerate(lengths))
+        raise PatchingError(
+            f"{argument} prompts have different token lengths ({detail}); a batched sweep needs them "
+            "equal. wb.token_alignment(model, clean, corrupt) shows the tokens of each pair."
+        )
+    return torch.stack(rows)
+
+
+def token_alignment(model, clean, corrupt) -> pd.DataFrame:
+    """The tokens of each clean/corrupt pair side by side: why two prompts do not line up.
+
+    One row per (pair, position): ``pair``, ``pos``, ``clean``, ``corrupt``, ``same``. Missing
+    tokens (the shorter prompt) are empty strings.
+
+    >>> wb.token_alignment(model, "Mary gave", "Christina gave")        # doctest: +SKIP
+    """
+    clean = [clean] if isinstance(clean, str) else list(clean)
+    corrupt = [corrupt] if isinstance(corrupt, str) else list(corrupt)
+    if len(clean) != len(corrupt):
+        raise PatchingError(f"{len(clean)} clean prompts but {len(corrupt)} corrupted ones")
+    rows = []
+    for pair, (a, b) in enumerate(zip(clean, corrupt)):
+        ta, tb = model.to_str_tokens(a), model.to_str_tokens(b)
+        for pos in range(max(len(ta), len(tb))):
+            x = ta[pos] if pos < len(ta) else ""
+            y = tb[pos] if pos < len(tb) else ""
+            rows.append({"pair": pair, "pos": pos, "clean": x, "corrupt": y, "same": x == y,
+                         "clean_length": len(ta), "corrupt_length": len(tb)})
+    return pd.DataFrame(rows)
+
+
+def _check_indices(argument: str, values: Sequence[int] | None, size: int) -> list[int]:
+    if values is None:
+        return list(range(size))
+    out = []
+    for v in values:
+        if not isinstance(v, int) and not (isinstance(v, torch.Tensor) and v.numel() == 1):
+            raise PatchingError(f"{argument}: {v!r} is not an integer index")
+        v = int(v)
+        if not -size <= v < size:
+            raise PatchingError(f"{argument}: {v} is out of range (there are {size}: 0..{size - 1})")
+        out.append(v % size)
+    if not out:
+        raise PatchingError(f"{argument}: empty selection")
+    return out
+
+
+def _cells(site: Site, positions: list[int], heads: list[int]) -> list[tuple[int, ...]]:
+    if site.axes == ("pos",):
+        return [(p,) for p in positions]
+    if site.axes == ("head",):
+        return [(h,) for h in heads]
+    return [(p, h) for p in positions for h in heads]
+
+
+def _patch_hook(site: Site, chunk: list[tuple[int, ...]], source: torch.Tensor, n_prompts: int):
+    """A hook writing ``source`` into copy ``c`` of the batch at cell ``chunk[c]``.
+
+    It writes in place, on purpose: the bridge's ``hook_resid_mid`` is the MLP norm's input,
+    and only an in-place write also reaches the residual connection around the MLP (a
+    returned copy would patch the MLP's input alone). Sweeps run without gradients, so this
+    is safe.
+    """
+    copies = len(chunk)
+    rows = torch.arange(copies * n_prompts)
+    prompt_of_row = rows % n_prompts
+    cell = torch.tensor(chunk).repeat_interleave(n_prompts, dim=0)  # [rows, len(axes)]
+
+    def patch(activation: torch.Tensor, hook) -> torch.Tensor:
+        src = source.to(activation.device, activation.dtype)
+        if site.axes == ("pos",):
+            activation[rows, cell[:, 0]] = src[prompt_of_row, cell[:, 0]]
+        elif site.axes == ("head",):
+            activation[rows, :, cell[:, 0]] = src[prompt_of_row, :, cell[:, 0]]
+        else:
+            activation[rows, cell[:, 0], cell[:, 1]] = src[prompt_of_row, cell[:, 0], cell[:, 1]]
+        return activation
+
+    return patch
