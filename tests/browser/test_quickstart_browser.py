@@ -65,6 +65,14 @@ def _title(locator) -> str:
     return locator.locator(".gtitle").first.text_content() or ""
 
 
+def _screenshot(page, widget, name: str) -> None:
+    # The notebook panel scrolls, not the page: put the widget at its top so that JupyterLab's
+    # menu and toolbar do not cover it (the viewport is tall enough for a whole widget).
+    widget.evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(300)
+    widget.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
@@ -84,7 +92,7 @@ def test_quickstart_runs_in_jupyterlab(browser, tmp_path):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     console_errors: list[str] = []
     with jupyterlab(tmp_path, [notebook]) as lab:
-        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page = browser.new_page(viewport={"width": 1400, "height": 2200})
         page.on("console", lambda m: console_errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
         page.on("pageerror", lambda e: console_errors.append(f"page error: {e}"))
         page.goto(f"{lab.url}/lab/tree/{notebook.name}?token={lab.token}")
@@ -113,8 +121,7 @@ def test_quickstart_runs_in_jupyterlab(browser, tmp_path):
         heatmap_cells = attention.locator(".js-plotly-plot").first.locator(".hm image, .heatmaplayer image")
         assert heatmap_cells.count() >= 1
         for name, widget in (("attention_viewer", attention), ("logit_lens", lens), ("model_explorer", explorer)):
-            widget.scroll_into_view_if_needed()
-            widget.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+            _screenshot(page, widget, name)
 
         # A control change runs the model in the kernel and redraws: type a layer into the slider's readout.
         readout = attention.locator(".widget-slider").first.locator(".widget-readout")
@@ -138,7 +145,7 @@ def test_quickstart_runs_in_jupyterlab(browser, tmp_path):
         assert 'onerror="window.__wb_xss=2">' in shown.replace(" ", ""), shown
         assert page.evaluate("() => window.__wb_xss") is None
         assert attention.locator(".js-plotly-plot img, .js-plotly-plot script").count() == 0
-        attention.screenshot(path=str(ARTIFACTS / "attention_viewer_escaped.png"))
+        _screenshot(page, attention, "attention_viewer_escaped")
 
         # The logit lens answers its target box the same way.
         target = lens.locator("input[type=text]").nth(1)

@@ -97,7 +97,9 @@ def attention_heatmap(
     ticks = {"tickmode": "array", "tickvals": list(range(len(shown))), "ticktext": shown}
     fig.update_xaxes(title="key", tickangle=-60, **ticks)
     fig.update_yaxes(title="query", autorange="reversed", **ticks)
-    fig.update_layout(title=title, template="plotly_white", height=520, margin={"l": 110, "b": 110})
+    # Tall enough for one readable tick label per row, within one screen.
+    height = int(np.clip(14 * len(shown) + 240, 420, 1000))
+    fig.update_layout(title=title, template="plotly_white", height=height, margin={"l": 110, "b": 110})
     return fig
 
 

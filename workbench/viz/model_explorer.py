@@ -30,9 +30,9 @@ def info_html(info: Mapping[str, Any]) -> str:
         value = info[key]
         if key == "n_params" and isinstance(value, int):
             value = f"{value:,} ({value / 1e6:.1f} M)"
-        rows.append(f"<tr><th style='text-align:left;padding-right:1em'>{escape(key)}</th>"
-                    f"<td style='font-family:monospace'>{escape(value)}</td></tr>")
-    return "<table class='wb-info'>" + "".join(rows) + "</table>"
+        rows.append(f"<tr><th style='text-align:left;padding:0 1em 0 0'>{escape(key)}</th>"
+                    f"<td style='font-family:monospace;padding:0;word-break:break-all'>{escape(value)}</td></tr>")
+    return "<table class='wb-info' style='line-height:1.3;font-size:12px'>" + "".join(rows) + "</table>"
 
 
 def search_catalogue(catalogue: pd.DataFrame, query: str) -> pd.DataFrame:
@@ -54,8 +54,9 @@ def search_catalogue(catalogue: pd.DataFrame, query: str) -> pd.DataFrame:
         return catalogue
     if any(ch in query for ch in "*?["):
         return catalogue[[fnmatch.fnmatchcase(n, query) for n in catalogue["name"]]]
-    haystack = (catalogue["name"] + " " + catalogue["component"].astype(str) + " "
-                + catalogue["description"].astype(str)).str.lower()
+    # fillna first: pandas' string dtype keeps a missing value missing through astype(str).
+    text = catalogue[["name", "component", "description"]].astype(object).fillna("").astype(str)
+    haystack = (text["name"] + " " + text["component"] + " " + text["description"]).str.lower()
     keep = np.ones(len(catalogue), dtype=bool)
     for word in query.lower().split():
         keep &= haystack.str.contains(word, regex=False).to_numpy()
