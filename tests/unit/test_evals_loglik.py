@@ -1,0 +1,76 @@
+"""The log-likelihood scorer: lm-eval's tokenization conventions, agreement with a direct HF
+forward, the shared-context KV path, and hooks applying during evals."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from workbench.evals.loglik import encode_pair, loglikelihood
+
+CTX = "q : what is the capital of france ? a :"
+REQUESTS = [
+    (CTX, " paris"), (CTX, " rome is red"), (CTX, " the cat sat on a mat"), (CTX, " berlin ."),
+    ("", "the dog ran to the house"), ("", "a cat"), (CTX + " ", "berlin"), ("the cat", " sat"),
+]
+
+
+def direct_hf(model, context, continuation):
+    """Oracle: one unbatched forward of model.hf_model on lm-eval's token ids."""
+    enc = encode_pair(model.tokenizer, context, continuation)
+    ids = torch.tensor([list(enc.context + enc.continuation)])
+    with torch.no_grad():
+        logprobs = F.log_softmax(model.hf_model(ids).logits.float(), dim=-1)[0]
+    n = len(enc.context)
+    return sum(float(logprobs[n - 1 + j, t]) for j, t in enumerate(enc.continuation)), len(enc.continuation)
+
+
+def test_encode_pair_follows_lm_eval(tiny_model):
+    tok = tiny_model.tokenizer
+    plain = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    enc = encode_pair(tok, "the cat", " sat on")
+    assert list(enc.context) == plain("the cat") and list(enc.continuation) == plain(" sat on")
+    assert tok.bos_token_id not in enc.context  # no BOS for a non-empty context
+    empty = encode_pair(tok, "", "the cat")
+    assert empty.context == (tok.bos_token_id,) and list(empty.continuation) == plain("the cat")
+    # trailing spaces of the context move to the continuation
+    assert encode_pair(tok, "the cat ", "sat") == encode_pair(tok, "the cat", " sat")
+
+
+@pytest.mark.parametrize("min_shared", [1, 10_000])  # shared-context KV path / plain batches
+def test_agrees_with_direct_hf_forward(tiny_model, min_shared):
+    got = loglikelihood(tiny_model, REQUESTS, min_shared_context=min_shared, batch_tokens=40, max_batch=3)
+    for (context, continuation), (ll, n) in zip(REQUESTS, got):
+        want_ll, want_n = direct_hf(tiny_model, context, continuation)
+        assert n == want_n
+        assert ll == pytest.approx(want_ll, abs=1e-4), (context, continuation)
+
+
+def test_order_is_kept_and_batching_does_not_matter(tiny_model):
+    a = loglikelihood(tiny_model, REQUESTS, batch_tokens=16, max_batch=1)
+    b = loglikelihood(tiny_model, REQUESTS[::-1], batch_tokens=4096, max_batch=64)[::-1]
+    assert [n for _, n in a] == [n for _, n in b]
+    assert [ll for ll, _ in a] == pytest.approx([ll for ll, _ in b], abs=1e-4)
+
+
+def test_hooks_on_the_model_apply(tiny_model):
+    before = loglikelihood(tiny_model, REQUESTS[:3], min_shared_context=1)
+
+    def scale(act, hook):
+        return act * 0.5
+
+    with tiny_model.hooks([("blocks.1.hook_resid_post", scale)]):
+        during = loglikelihood(tiny_model, REQUESTS[:3], min_shared_context=1)
+        with torch.no_grad():
+            enc = encode_pair(tiny_model.tokenizer, *REQUESTS[0])
+            hooked_logits = tiny_model(torch.tensor([list(enc.context + enc.continuation)]))
+    after = loglikelihood(tiny_model, REQUESTS[:3], min_shared_context=1)
+    assert all(abs(x[0] - y[0]) > 1e-3 for x, y in zip(before, during))
+    assert [x[0] for x in after] == pytest.approx([x[0] for x in before], abs=1e-5)
+    # the hooked score is the hooked model's own forward, not the HF model's
+    lp = F.log_softmax(hooked_logits.float(), -1)[0, len(enc.context) - 1, enc.continuation[0]]
+    assert during[0][0] == pytest.approx(float(lp), abs=1e-4)
+
+
+def test_empty_continuation_is_an_error(tiny_model):
+    with pytest.raises(ValueError, match="empty continuation"):
+        loglikelihood(tiny_model, [("the cat", "")])
