@@ -96,13 +96,14 @@ def activation_figure(
         row_names = bin_labels([str(i) for i in range(matrix.shape[0])], row_edges)
     col_axis = " x ".join(escape(a) for a in axes[1:]) or "value"
     counts, edges = np.histogram(values[np.isfinite(values)], bins=hist_bins)
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.12,
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.2,
                         subplot_titles=["values (mean over pooled cells)", "distribution"])
     limit = float(np.abs(z).max()) or 1.0
-    fig.add_trace(go.Heatmap(z=z, y=list(range(len(row_names))), colorscale="RdBu", zmid=0, zmin=-limit, zmax=limit,
+    fig.add_trace(go.Heatmap(z=z, x=col_edges[:-1].tolist(), y=list(range(len(row_names))), colorscale="RdBu", zmid=0, zmin=-limit, zmax=limit,
                              customdata=np.array(row_names, dtype=object)[:, None].repeat(z.shape[1], axis=1),
-                             hovertemplate="row %{customdata}<br>column bin %{x}<br>value %{z:.4f}<extra></extra>",
-                             colorbar={"x": 0.56, "len": 0.9}), row=1, col=1)
+                             hovertemplate="row %{customdata}<br>columns from %{x}<br>value %{z:.4f}<extra></extra>",
+                             # The colour bar sits in the gap, clear of the histogram's tick labels.
+                             colorbar={"x": 0.51, "xanchor": "left", "len": 0.9}), row=1, col=1)
     fig.add_trace(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, marker_color="#4c78a8", showlegend=False,
                          hovertemplate="%{x:.3f}: %{y} values<extra></extra>"), row=1, col=2)
     fig.update_yaxes(tickmode="array", tickvals=list(range(len(row_names))), ticktext=row_names,
