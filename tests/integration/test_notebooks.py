@@ -4,6 +4,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 from nbclient import NotebookClient
 
 pytestmark = pytest.mark.integration
@@ -30,3 +31,17 @@ def test_notebook_runs(path, tmp_path):
 
 def test_quickstart_is_there():
     assert "00_quickstart" in [p.stem for p in NOTEBOOKS]
+
+
+def test_logit_lens_on_the_embedded_model(embedded):
+    """What the README's logit-lens screenshot shows: ' Paris' only emerges in the last layers."""
+    import workbench as wb
+
+    lens = wb.logit_lens(embedded, "The capital of France is", target=" Paris", positions=[-1])
+    curve = lens.target.set_index("layer")["prob"]
+    last = embedded.cfg.n_layers - 1
+    with torch.no_grad():
+        p_model = embedded("The capital of France is")[0, -1].softmax(-1)
+    assert curve[last] == pytest.approx(p_model[lens.target["token_id"].iloc[0]].item(), abs=1e-5)
+    assert lens.top.query("layer == @last and rank == 1")["token"].item() == " Paris"
+    assert curve[last] > 0.5 and curve.loc[: last - 4].max() < 0.05
