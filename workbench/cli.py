@@ -5,7 +5,9 @@
     workbench hooks [MODEL]     the hook catalogue (name, shape, what it is)
     workbench cache ...         cache activations over a dataset into a resumable on-disk store
     workbench probe ...         per-layer probe sweep for a concept: table, directions, HTML plot
+    workbench patch ...         activation-patching sweep: table + HTML heatmap
     workbench demo [MODEL]      the main job: info, a generated answer, activation norms by layer
+    workbench eval ...          safety eval suites (safety | quick | one suite): summary table, saved results
     workbench report RUN -o F   self-contained HTML report of a saved eval run (opens offline)
     workbench data pull [NAME]  download the published benchmark files (sha256-checked)
 """
@@ -94,11 +96,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.set_defaults(run=cmd_probe)
 
+    from workbench.patching.cli import add_parser as add_patch_parser
+
+    add_patch_parser(sub)
+
     p = sub.add_parser("demo", help="the main job on a model (default: the embedded one)")
     model_args(p)
     p.add_argument("--prompt", default="Q: What is the capital of France?\nA:")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.set_defaults(run=cmd_demo)
+
+    from workbench.evals.cli import add_parser as add_eval_parser
+
+    add_eval_parser(sub)
 
     p = sub.add_parser("report", help="self-contained HTML report of a saved eval run")
     p.add_argument("run_dir", help="a saved eval folder (EvalResult or suite group)")
