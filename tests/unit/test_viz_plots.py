@@ -109,6 +109,16 @@ def test_attention_patterns_match_hf_eager_attention(tiny_model, hf_folder):
         attention_patterns(tiny_model, "the cat", layers=[3])
 
 
+def test_attention_patterns_stop_after_the_last_requested_layer(tiny_model):
+    fired = []
+    with tiny_model.hooks([("blocks.1.hook_resid_post", lambda act, hook: fired.append(1))]):
+        attention_patterns(tiny_model, "the cat", layers=[0])
+        assert fired == []
+        attention_patterns(tiny_model, "the cat", layers=[2, 0])
+        assert fired == [1]
+    assert tiny_model.active_hook_count() == 0
+
+
 def _hf_lens_probs(hf_model, ids):
     """Oracle: HF hidden states through HF's own final norm and lm_head."""
     with torch.no_grad():

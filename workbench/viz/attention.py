@@ -45,11 +45,28 @@ def attention_patterns(
     tokens = model.to_tokens(prompt) if isinstance(prompt, str) else prompt
     if tokens.ndim != 2 or tokens.shape[0] != 1:
         raise ValueError(f"prompt must be one text or a [1, pos] token tensor, got shape {tuple(tokens.shape)}")
-    names = [f"blocks.{i}.attn.hook_pattern" for i in layers]
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=names)
-    patterns = {i: cache[name][0].float().cpu().numpy() for i, name in zip(layers, names)}
-    return patterns, model.to_str_tokens(tokens[0])
+    names = {f"blocks.{i}.attn.hook_pattern": i for i in layers}
+    patterns: dict[int, np.ndarray] = {}
+
+    def capturer(layer: int):
+        # One closure per layer: hook.name may be an alias of the name asked for.
+        def capture(act, hook):
+            patterns[layer] = act[0].detach().float().cpu().numpy()
+            if len(patterns) == len(names):
+                raise _AllCaptured  # the blocks after the last requested layer are not needed
+
+        return capture
+
+    try:
+        with torch.no_grad():
+            model.run_with_hooks(tokens, fwd_hooks=[(n, capturer(i)) for n, i in names.items()], return_type=None)
+    except _AllCaptured:
+        pass
+    return {i: patterns[i] for i in layers}, model.to_str_tokens(tokens[0])
+
+
+class _AllCaptured(Exception):
+    """Raised by the last pattern hook to fire, ending the forward pass early."""
 
 
 def _window(n: int, window: tuple[int, int] | None) -> tuple[int, int]:
