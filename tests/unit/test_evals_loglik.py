@@ -38,7 +38,8 @@ def test_encode_pair_follows_lm_eval(tiny_model):
 
 @pytest.mark.parametrize("min_shared", [1, 10_000])  # shared-context KV path / plain batches
 def test_agrees_with_direct_hf_forward(tiny_model, min_shared):
-    got = loglikelihood(tiny_model, REQUESTS, min_shared_context=min_shared, batch_tokens=40, max_batch=3)
+    got = loglikelihood(tiny_model, REQUESTS, min_shared_context=min_shared, min_saved_tokens=0,
+                        batch_tokens=40, max_batch=3)
     for (context, continuation), (ll, n) in zip(REQUESTS, got):
         want_ll, want_n = direct_hf(tiny_model, context, continuation)
         assert n == want_n
@@ -53,17 +54,17 @@ def test_order_is_kept_and_batching_does_not_matter(tiny_model):
 
 
 def test_hooks_on_the_model_apply(tiny_model):
-    before = loglikelihood(tiny_model, REQUESTS[:3], min_shared_context=1)
+    before = loglikelihood(tiny_model, REQUESTS[:3], min_shared_context=1, min_saved_tokens=0)
 
     def scale(act, hook):
         return act * 0.5
 
     with tiny_model.hooks([("blocks.1.hook_resid_post", scale)]):
-        during = loglikelihood(tiny_model, REQUESTS[:3], min_shared_context=1)
+        during = loglikelihood(tiny_model, REQUESTS[:3], min_shared_context=1, min_saved_tokens=0)
         with torch.no_grad():
             enc = encode_pair(tiny_model.tokenizer, *REQUESTS[0])
             hooked_logits = tiny_model(torch.tensor([list(enc.context + enc.continuation)]))
-    after = loglikelihood(tiny_model, REQUESTS[:3], min_shared_context=1)
+    after = loglikelihood(tiny_model, REQUESTS[:3], min_shared_context=1, min_saved_tokens=0)
     assert all(abs(x[0] - y[0]) > 1e-3 for x, y in zip(before, during))
     assert [x[0] for x in after] == pytest.approx([x[0] for x in before], abs=1e-5)
     # the hooked score is the hooked model's own forward, not the HF model's

@@ -174,3 +174,20 @@ def test_run_suite_saves_skips_and_reuses(tiny_model, data_dir, tmp_path, monkey
 def test_unknown_suite_lists_known_ones(tiny_model):
     with pytest.raises(DataError, match="unknown suite 'nope'.*crows_pairs"):
         wb.run_eval(tiny_model, "nope", progress=False)
+
+
+def test_cli_eval_writes_results_and_resumes(hf_folder, data_dir, tmp_path, capsys):
+    from workbench.cli import main
+
+    out = tmp_path / "runs" / "cli"
+    argv = ["eval", "--model", str(hf_folder[0]), "--suite", "crows_pairs", "--data-dir", str(data_dir),
+            "--out", str(out), "--limit", "4", "--seed", "2"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "pct_stereotype" in text and "95% CI" in text and "done crows_pairs: 4 examples" in text
+    res = EvalResult.load(out / "crows_pairs")
+    assert res.manifest["params"]["limit"] == 4 and res.manifest["params"]["seed"] == 2
+    assert main(argv) == 0
+    assert "reused from --out" in capsys.readouterr().out
+    assert main(["eval", "--suite", "no_such_suite"]) == 1
+    assert "unknown suite 'no_such_suite'" in capsys.readouterr().out

@@ -26,9 +26,11 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-# Contexts shorter than this are simply re-run with each option: the KV-cache path costs a
-# separate forward for the context, which only pays off when the context is long.
+# A context shared by several requests runs once (KV cache reused) only when that saves at
+# least MIN_SAVED_TOKENS token positions: the shared path costs a separate batch-of-one forward
+# for the context, which only pays off when the context is long or has many options.
 MIN_SHARED_CONTEXT = 16
+MIN_SAVED_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ def loglikelihood(
     batch_tokens: int = 4096,
     max_batch: int = 64,
     min_shared_context: int = MIN_SHARED_CONTEXT,
+    min_saved_tokens: int = MIN_SAVED_TOKENS,
     progress: bool | Any = False,
 ) -> list[tuple[float, int]]:
     """Summed log-likelihood and token count of each ``(context, continuation)`` request.
@@ -78,7 +81,9 @@ def loglikelihood(
         batch_tokens: padded tokens per forward pass (memory bound).
         max_batch: sequences per forward pass.
         min_shared_context: contexts of at least this many tokens that several requests
-            share are run once and their KV cache reused (0 or 1: always).
+            share are run once and their KV cache reused, when that saves at least
+            ``min_saved_tokens`` positions (``(n_requests - 1) * len(context)``); pass 1 and 0
+            to always share.
         progress: show a tqdm bar (``True``), or a callable ``advance(n)`` to report to.
 
     Returns:
@@ -97,7 +102,9 @@ def loglikelihood(
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, enc in enumerate(encoded):
         groups.setdefault(enc.context, []).append(i)
-    shared = {ctx: idx for ctx, idx in groups.items() if len(idx) > 1 and len(ctx) >= max(min_shared_context, 1)}
+    shared = {ctx: idx for ctx, idx in groups.items()
+              if len(idx) > 1 and len(ctx) >= max(min_shared_context, 1)
+              and (len(idx) - 1) * len(ctx) >= min_saved_tokens}
     plain = [i for ctx, idx in groups.items() if ctx not in shared for i in idx]
 
     with torch.no_grad():

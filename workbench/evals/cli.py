@@ -1,0 +1,92 @@
+"""``workbench eval``: run safety eval suites headless, a progress bar per suite, a summary table.
+
+    workbench eval --suite quick --out runs/quick
+    workbench eval --model path/to/llama --suite safety --data-dir ../shared/data --out runs/safety
+    workbench eval --suite crows_pairs --limit 200 --seed 1 --errors skip --out runs/crows
+
+Rerunning with the same ``--out`` reuses suites already finished with the same parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register ``eval`` on the ``workbench`` command's subparsers."""
+    p = sub.add_parser("eval", help="run safety eval suites (safety | quick | a suite name)")
+    p.add_argument("--model", default=None, help="checkpoint folder, .gguf file or hub id (default: embedded SmolLM2)")
+    p.add_argument("--suite", default="quick", help="safety | quick | a suite name (see --list)")
+    p.add_argument("--data-dir", default=None, help="benchmark data folder (default: $WORKBENCH_DATA, else the per-user folder)")
+    p.add_argument("--out", default=None, help="results folder (rerun with the same --out to resume)")
+    p.add_argument("--limit", type=int, default=None, help="seeded subset of N examples per suite")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--errors", default="raise", choices=["raise", "skip"], help="malformed data rows")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default=None)
+    p.add_argument("--list", action="store_true", help="list suites and groups, then exit")
+    p.set_defaults(run=cmd_eval)
+    return p
+
+
+def cmd_eval(args: argparse.Namespace, console: Console | None = None) -> int:
+    from workbench.evals.run import run_suite
+    from workbench.evals.suites import list_groups, list_suites, load_group, load_suite
+
+    console = console or Console()
+    if args.list:
+        table = Table(title="eval suites")
+        for column in ("suite", "version", "data", "metrics"):
+            table.add_column(column)
+        for name in list_suites():
+            spec = load_suite(name)
+            table.add_row(name, spec.version, "built-in" if spec.builtin else spec.dataset,
+                          ", ".join(m["name"] for m in spec.metrics) or "(plug-in)")
+        console.print(table)
+        for group in list_groups():
+            console.print(f"group [bold]{group}[/]: " + ", ".join(e.suite for e in load_group(group)))
+        return 0
+    if args.suite not in list_groups():
+        load_suite(args.suite)  # fail before loading the model on a typo
+
+    from workbench.models.loading import load_model
+
+    with console.status(f"loading {args.model or 'the embedded model'} ..."):
+        model = load_model(args.model, dtype=args.dtype, device=args.device)
+
+    def report(name, res, reused):
+        note = " (reused from --out)" if reused else f" in {res.manifest.get('wall_time_s', 0):.1f} s"
+        console.print(f"[green]done[/] {name}: {len(res.samples)} examples{note}")
+
+    result = run_suite(model, args.suite, data_dir=args.data_dir, limit=args.limit, seed=args.seed,
+                       errors=args.errors, out=args.out, progress=True, on_result=report)
+    console.print(summary_table(result))
+    for name, why in result.skipped.items():
+        short = why.split(" under ")[0] if "expected" in why else why  # the full message is in suite.json
+        console.print(f"[yellow]skipped[/] {name}: {short}", highlight=False)
+    for name, res in result.results.items():
+        n_skip = res.manifest.get("n_skipped", 0)
+        if n_skip:
+            console.print(f"[yellow]{name}: {n_skip} malformed row(s) skipped[/] (listed in its manifest.json)")
+    if args.out:
+        console.print(f"wrote {args.out}/ (report: workbench report {args.out} -o report.html)")
+    return 0
+
+
+def summary_table(result) -> Table:
+    """Headline metrics of each suite with 95% CIs and n."""
+    table = Table(title=f"{result.group}: headline metrics (95% bootstrap CI)")
+    for column, justify in (("suite", "left"), ("metric", "left"), ("value", "right"),
+                            ("95% CI", "right"), ("n", "right")):
+        table.add_column(column, justify=justify)
+    frame = result.metrics
+    for row in frame[frame["category"] == "all"].itertuples():
+        ci = "" if math.isnan(row.ci_low) else f"[{row.ci_low:.3f}, {row.ci_high:.3f}]"
+        value = "nan" if math.isnan(row.value) else f"{row.value:.3f}"
+        table.add_row(row.suite, row.metric, value, ci, str(row.n))
+    return table
