@@ -7,6 +7,9 @@
 
 from workbench.errors import CheckpointError, ChecksumError, WorkbenchError
 from workbench.evals import EvalResult, SuiteResult, list_suites, run_eval, run_suite
+from workbench.evals.data_pull import pull as pull_data
+from workbench.evals.report import write_report
+from workbench.evals.scorers import Scorer, get_scorer
 from workbench.hooks import hook_catalogue, names_filter_fn, select_hooks
 from workbench.models.hooked import HookedLlama, ModelSource
 from workbench.models.loading import detect_format, load_model
@@ -39,6 +42,10 @@ __all__ = [
     "list_suites",
     "run_eval",
     "run_suite",
+    "Scorer",
+    "get_scorer",
+    "pull_data",
+    "write_report",
     "DoseResponse",
     "PatchResult",
     "PatchingError",
