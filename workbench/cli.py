@@ -5,6 +5,7 @@
     workbench hooks [MODEL]     the hook catalogue (name, shape, what it is)
     workbench cache ...         cache activations over a dataset into a resumable on-disk store
     workbench probe ...         per-layer probe sweep for a concept: table, directions, HTML plot
+    workbench patch ...         activation-patching sweep: table + HTML heatmap
     workbench demo [MODEL]      the main job: info, a generated answer, activation norms by layer
     workbench eval ...          safety eval suites (safety | quick | one suite): summary table, saved results
     workbench report RUN -o F   self-contained HTML report of a saved eval run (opens offline)
@@ -94,6 +95,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for frame.parquet, directions.safetensors, plot.html")
     p.add_argument("--device", default=None)
     p.set_defaults(run=cmd_probe)
+
+    from workbench.patching.cli import add_parser as add_patch_parser
+
+    add_patch_parser(sub)
 
     p = sub.add_parser("demo", help="the main job on a model (default: the embedded one)")
     model_args(p)
