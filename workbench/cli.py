@@ -80,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--too-long", default="truncate", choices=["truncate", "error"])
     p.add_argument("--out", required=True, help="store folder (rerun the same command to resume)")
     p.add_argument("--device", default=None)
+    p.add_argument("--shard-size", type=int, default=4096, help="examples per shard (the unit of resume and of Ray work)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run on Ray: 'local' (a private instance here) or a cluster address ('auto', 'ray://host:10001')")
+    p.add_argument("--workers", type=int, default=2, help="Ray workers (one model replica each)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per Ray worker")
     p.set_defaults(run=cmd_cache)
 
     p = sub.add_parser("probe", help="probe every layer for a concept (probes/*.yaml)")
@@ -218,11 +223,18 @@ def cmd_cache(args) -> int:
     frame = read_table(args.data)
     if args.limit is not None:
         frame = frame.head(args.limit)
-    with console.status(f"loading {args.model or 'the embedded model'} ..."):
-        model = load_model(args.model, device=args.device)
-    store = cache_activations(model, frame, hooks=args.hooks, positions=parse_positions(args.positions),
-                              path=args.out, dtype=args.dtype, batch_size=args.batch_size,
-                              text_column=args.text_column, too_long=args.too_long)
+    options = dict(hooks=args.hooks, positions=parse_positions(args.positions), path=args.out, dtype=args.dtype,
+                   batch_size=args.batch_size, text_column=args.text_column, too_long=args.too_long,
+                   shard_size=args.shard_size)
+    if args.ray:
+        from workbench.distributed.cache import cache_activations_ray
+
+        store = cache_activations_ray(args.model, frame, address=args.ray, workers=args.workers,
+                                      threads=args.threads, device=args.device, **options)
+    else:
+        with console.status(f"loading {args.model or 'the embedded model'} ..."):
+            model = load_model(args.model, device=args.device)
+        store = cache_activations(model, frame, **options)
     console.print(f"{store!r}")
     for hook in store.hooks[:3]:
         console.print(f"  {hook}: {store[hook].shape} {store[hook].dtype}")

@@ -80,6 +80,16 @@ def cache_activations(
     >>> store["blocks.3.hook_resid_post"].shape                          # doctest: +SKIP
     (2, 576)
     """
+    plan, config = prepare_cache(model, texts, hooks, positions=positions, dtype=dtype, batch_size=batch_size,
+                                 text_column=text_column, too_long=too_long, shard_size=shard_size)
+    sink = DiskSink(Path(path), config, plan) if path is not None else MemorySink(config, plan)
+    _run(model, plan, config, sink, progress)
+    return sink.store()
+
+
+def prepare_cache(model, texts, hooks: HookSelection, *, positions: Any, dtype: str, batch_size: int,
+                  text_column: str, too_long: str, shard_size: int) -> tuple["Plan", dict]:
+    """Check the arguments and plan a cache run: ``(plan, config)`` (see :func:`cache_activations`)."""
     if dtype not in STORE_DTYPES:
         raise ValueError(f"dtype={dtype!r}: the store holds one of {sorted(STORE_DTYPES)}")
     if too_long not in ("truncate", "error"):
@@ -106,9 +116,7 @@ def cache_activations(
         "n_rows": int(plan.meta["row_stop"].iloc[-1]),
         "data_hash": _data_hash(frame),
     }
-    sink = DiskSink(Path(path), config, plan) if path is not None else MemorySink(config, plan)
-    _run(model, plan, config, sink, progress)
-    return sink.store()
+    return plan, config
 
 
 @dataclass
@@ -255,37 +263,58 @@ def _data_hash(frame: pd.DataFrame) -> str:
 
 
 def _run(model, plan: Plan, config: dict, sink, progress: bool) -> None:
-    hooks, policy = config["hooks"], config["positions"]
-    np_dtype = STORE_DTYPES[config["dtype"]]
-    todo = [(k, span) for k, span in enumerate(plan.shards(config["shard_size"])) if not sink.has_shard(k)]
+    todo = pending_shards(plan, config, sink)
     lengths = plan.meta["n_tokens"].to_numpy()
     bar = _progress_bar(int(sum(lengths[a:b].sum() for _, (a, b) in todo)), progress)
-    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     started = time.perf_counter()
     examples_done = 0
+
+    def advance(batch: np.ndarray) -> None:
+        nonlocal examples_done
+        examples_done += len(batch)
+        if bar is not None:
+            bar.update(int(lengths[batch].sum()))
+            rate = examples_done / max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix_str(f"{rate:.1f} ex/s, {_human(sink.bytes_written)} written")
+
     for k, (start, stop) in todo:
-        shard = sink.open_shard(k, start, stop)
-        try:
-            order = start + np.argsort(-lengths[start:stop], kind="stable")  # longest first
-            for b in range(0, len(order), config["batch_size"]):
-                batch = order[b : b + config["batch_size"]]
-                acts = _forward(model, plan, batch, hooks, pad_id)
-                for j, example in enumerate(batch):
-                    positions = plan.tokens["stored_positions"].iloc[example]
-                    for hook in hooks:
-                        shard.write(hook, example, _select(acts[hook][j], positions, policy).astype(np_dtype))
-                examples_done += len(batch)
-                if bar is not None:
-                    bar.update(int(lengths[batch].sum()))
-                    rate = examples_done / max(time.perf_counter() - started, 1e-9)
-                    bar.set_postfix_str(f"{rate:.1f} ex/s, {_human(sink.bytes_written)} written")
-            shard.commit()
-        except BaseException:
-            shard.abort()
-            raise
+        run_shard(model, plan, config, sink, k, start, stop, on_batch=advance)
     sink.finish()
     if bar is not None:
         bar.close()
+
+
+def pending_shards(plan: Plan, config: dict, sink) -> list[tuple[int, tuple[int, int]]]:
+    """``[(k, (start, stop))]`` of the shards ``sink`` does not hold yet."""
+    return [(k, span) for k, span in enumerate(plan.shards(config["shard_size"])) if not sink.has_shard(k)]
+
+
+def run_shard(model, plan: Plan, config: dict, sink, k: int, start: int, stop: int, on_batch=None) -> None:
+    """Compute and commit shard ``k`` (examples ``start:stop``); the unit of work and of resumption.
+
+    The result depends only on the plan, the config and the model, not on which process runs
+    it or on what ran before: distributed workers (``workbench.distributed``) call this too.
+    """
+    hooks, policy = config["hooks"], config["positions"]
+    np_dtype = STORE_DTYPES[config["dtype"]]
+    lengths = plan.meta["n_tokens"].to_numpy()
+    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    shard = sink.open_shard(k, start, stop)
+    try:
+        order = start + np.argsort(-lengths[start:stop], kind="stable")  # longest first
+        for b in range(0, len(order), config["batch_size"]):
+            batch = order[b : b + config["batch_size"]]
+            acts = _forward(model, plan, batch, hooks, pad_id)
+            for j, example in enumerate(batch):
+                positions = plan.tokens["stored_positions"].iloc[example]
+                for hook in hooks:
+                    shard.write(hook, example, _select(acts[hook][j], positions, policy).astype(np_dtype))
+            if on_batch is not None:
+                on_batch(batch)
+        shard.commit()
+    except BaseException:
+        shard.abort()
+        raise
 
 
 class _AllCaptured(Exception):
