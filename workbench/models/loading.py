@@ -48,6 +48,8 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     device: str | torch.device | None = None,
     device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | Path | None = None,
     verify: bool = True,
     fast_attention: bool = False,
 ) -> HookedLlama:
@@ -59,7 +61,11 @@ def load_model(
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (or a ``torch.dtype``).
         device: where to put the model (default: CUDA if available, else CPU).
         device_map: an accelerate device map (``"auto"`` or a dict) to split the model over
-            devices; exclusive with ``device``.
+            devices (GPUs, ``"cpu"``, ``"disk"``); exclusive with ``device``. Hooks, caching,
+            patching and steering work across the split.
+        max_memory: with ``device_map="auto"``, the memory to use per device
+            (``{0: "70GiB", 1: "70GiB", "cpu": "200GiB"}``).
+        offload_folder: where layers mapped to ``"disk"`` are kept.
         verify: check ``checklist.chk`` / ``*.sha256`` when the folder has one (the default);
             a mismatch raises :class:`ChecksumError`.
         fast_attention: compute attention with fused SDPA whenever no hook looks inside it
@@ -80,13 +86,22 @@ def load_model(
     torch_dtype = resolve_dtype(dtype)
     if device is not None and device_map is not None:
         raise ValueError("pass either device= or device_map=, not both")
+    if device_map is None and (max_memory is not None or offload_folder is not None):
+        raise ValueError("max_memory= and offload_folder= only apply with device_map=")
+    placement = None
+    if device_map is not None:
+        placement = {"device_map": device_map}
+        if max_memory is not None:
+            placement["max_memory"] = max_memory
+        if offload_folder is not None:
+            placement["offload_folder"] = str(offload_folder)
     kind, path = detect_format(source)
     source_info = _describe_source(kind, path, verify)
-    hf_model, tokenizer = _load_hf_model(kind, path, torch_dtype, device_map, source_info.fingerprint)
+    hf_model, tokenizer = _load_hf_model(kind, path, torch_dtype, placement, source_info.fingerprint)
     if device_map is None:
         hf_model = hf_model.to(device or _default_device())
     elif not getattr(hf_model, "hf_device_map", None):
-        hf_model = _dispatch(hf_model, device_map)  # loaders that cannot place layers themselves
+        hf_model = _dispatch(hf_model, placement)  # loaders that cannot place layers themselves
     hf_model.eval()
     bridge = _boot_bridge(hf_model, tokenizer, torch_dtype)
     if fast_attention:
@@ -178,11 +193,11 @@ def _describe_source(kind: str, path: Path | str | None, verify: bool) -> ModelS
     return ModelSource(kind, str(path), path.name, checkpoint_fingerprint(path), status, details)
 
 
-def _load_hf_model(kind: str, path: Path | str | None, dtype: torch.dtype, device_map, fingerprint):
+def _load_hf_model(kind: str, path: Path | str | None, dtype: torch.dtype, placement, fingerprint):
     if kind == "embedded":
         from workbench.models.embedded import converted_embedded_model
 
-        return _load_hf_folder(converted_embedded_model(fingerprint), dtype, device_map)
+        return _load_hf_folder(converted_embedded_model(fingerprint), dtype, placement)
     if kind == "meta":
         from workbench.models.meta import load_meta_checkpoint
 
@@ -192,11 +207,11 @@ def _load_hf_model(kind: str, path: Path | str | None, dtype: torch.dtype, devic
 
         return load_gguf(path, dtype=dtype)
     if kind == "hf":
-        return _load_hf_folder(Path(path), dtype, device_map)
-    return _load_from_hub(str(path), dtype, device_map)
+        return _load_hf_folder(Path(path), dtype, placement)
+    return _load_from_hub(str(path), dtype, placement)
 
 
-def _load_hf_folder(folder: Path, dtype: torch.dtype, device_map) -> tuple[Any, Any]:
+def _load_hf_folder(folder: Path, dtype: torch.dtype, placement: dict | None) -> tuple[Any, Any]:
     config = _read_llama_config(folder)
     tokenizer = _load_tokenizer(folder)
     safetensors = sorted(folder.glob("*.safetensors"))
@@ -212,7 +227,7 @@ def _load_hf_folder(folder: Path, dtype: torch.dtype, device_map) -> tuple[Any, 
             raise CheckpointError(f"{file}: {problem}")
     try:
         model = LlamaForCausalLM.from_pretrained(
-            folder, config=config, dtype=dtype, device_map=device_map, use_safetensors=True
+            folder, config=config, dtype=dtype, use_safetensors=True, **(placement or {})
         )
     except (OSError, RuntimeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{folder}: cannot load weights: {str(err).splitlines()[0]}") from err
@@ -274,20 +289,22 @@ def _model_from_torch_bins(folder: Path, bins: list[Path], config: LlamaConfig, 
     return model.to(dtype)
 
 
-def _dispatch(model, device_map: str | dict):
+def _dispatch(model, placement: dict):
     """Place a loaded model's layers with accelerate (``"auto"``, ``"balanced"`` or a dict)."""
     from accelerate import dispatch_model, infer_auto_device_map
 
+    device_map = placement["device_map"]
     if isinstance(device_map, str):
         device_map = infer_auto_device_map(
-            model, no_split_module_classes=model._no_split_modules, dtype=model.dtype
+            model, max_memory=placement.get("max_memory"), no_split_module_classes=model._no_split_modules,
+            dtype=model.dtype,
         )
-    return dispatch_model(model, device_map=device_map)
+    return dispatch_model(model, device_map=device_map, offload_dir=placement.get("offload_folder"))
 
 
-def _load_from_hub(name: str, dtype: torch.dtype, device_map):
+def _load_from_hub(name: str, dtype: torch.dtype, placement: dict | None):
     try:
-        model = LlamaForCausalLM.from_pretrained(name, dtype=dtype, device_map=device_map)
+        model = LlamaForCausalLM.from_pretrained(name, dtype=dtype, **(placement or {}))
         tokenizer = AutoTokenizer.from_pretrained(name)
     except OSError as err:
         raise CheckpointError(
