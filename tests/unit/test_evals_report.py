@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -127,3 +128,20 @@ def test_report_cli_and_errors(tmp_path, capsys):
     assert main(["report", str(tmp_path / "unfinished"), "-o", str(tmp_path / "u.html")]) == 1
     assert "did not finish" in capsys.readouterr().out
     assert not (tmp_path / "u.html").exists()
+
+
+def test_report_of_a_real_quick_suite_run(tiny_model, tmp_path):
+    """The folder run_suite writes (built-in suites, no data directory) reports as it should."""
+    import workbench as wb
+
+    suite = wb.run_suite(tiny_model, "quick", data_dir=tmp_path / "no-data", out=tmp_path / "quick",
+                         progress=False)
+    out = wb.write_report(tmp_path / "quick", tmp_path / "quick.html")
+    text = out.read_text()
+    _assert_safe(text)
+    for name, res in suite.results.items():
+        assert f'<h2 id="{name}">' in text
+        for row in res.headline().itertuples():
+            assert f"{row.value:.4f}" in text or np.isnan(row.value)
+    assert "Most confidently wrong" in text
+    assert all(name in text for name in suite.skipped)  # the data suites that could not run
