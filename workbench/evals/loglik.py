@@ -20,6 +20,7 @@ key/value cache for all the options.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -152,7 +153,10 @@ def _score_shared(model, ctx, continuations, idx, results, batch_tokens, max_bat
             tokens = torch.tensor([f + [pad] * (width - len(f)) for f in feed], device=device)
             past = copy.deepcopy(cache)
             past.batch_repeat_interleave(len(longer))
-            out = model(tokens, past_key_values=past)
+            with warnings.catch_warnings():
+                # transformers renames past_key_values to cache=; the bridge still takes the old name.
+                warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
+                out = model(tokens, past_key_values=past)
             logprobs = F.log_softmax(out.float(), dim=-1)
             for row, k in enumerate(longer):
                 target = torch.tensor(continuations[k][1:], device=device)
