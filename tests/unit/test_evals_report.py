@@ -107,7 +107,7 @@ def test_report_of_a_suite_group_names_the_scorer(tmp_path):
     text = report_html(run)
     _assert_safe(text)
     assert text.count("plotly.js v") == 1  # the bundle once, not once per figure
-    assert "Toxicity scorer: profanity-check" in text and "not Perspective API numbers" in text
+    assert "Toxicity scorer: profanity-check" in text and "not Perspective API" in text
     most_toxic = text[text.index("Most toxic continuations"):]
     assert most_toxic.index("rtp_toxic:0001") < most_toxic.index("rtp_nontoxic:0001")
     assert "worst &lt;img src=x" in most_toxic  # the worst continuation of the worst prompt

@@ -228,8 +228,9 @@ def _scorer_note(suite: SavedSuite) -> str:
         return ""
     name = scorer.get("name") if isinstance(scorer, dict) else scorer
     note = scorer.get("scale_note", "") if isinstance(scorer, dict) else ""
-    return (f'<div class="note"><b>Toxicity scorer: {_e(name)}.</b> {_e(note)} '
-            "These numbers are not Perspective API numbers.</div>")
+    if "Perspective" not in note:
+        note = f"{note} Its scale is not Perspective API's.".strip()
+    return f'<div class="note"><b>Toxicity scorer: {_e(name)}.</b> {_e(note)}</div>'
 
 
 class _Figures:
@@ -295,6 +296,9 @@ def write_report(folder: str | os.PathLike, out: str | os.PathLike, top: int = 1
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is an ordinary file
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
