@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from plotly.callbacks import Points
 
 import workbench as wb
 from workbench.viz.attention import attention_patterns
@@ -88,6 +89,9 @@ def test_logit_lens_viewer_follows_its_controls(tiny_model):
     np.testing.assert_allclose(viewer.target_figure.data[0].y,
                                dog.query("position == 2").sort_values("layer")["prob"], atol=1e-6)
     assert "position 2" in viewer.target_figure.layout.title.text
+    trace = viewer.lens_figure.data[0]
+    trace._click_callbacks[0](trace, Points(point_inds=[[0, 4]], xs=[4], ys=[0]), None)  # column 4
+    assert viewer.position.value == 4 and "position 4" in viewer.target_figure.layout.title.text
     viewer.prompt.value = XSS
     assert all("<" not in t for t in viewer.lens_figure.layout.xaxis.ticktext)
     viewer.target.value = ""

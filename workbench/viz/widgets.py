@@ -136,6 +136,8 @@ class AttentionViewer(w.VBox):
 class LogitLensViewer(w.VBox):
     """The logit lens: top token per layer and position, and a target token's probability by layer.
 
+    Clicking a cell of the heatmap shows the target curve at that cell's position.
+
     Args:
         model: the hooked model.
         prompt: the initial prompt (editable; press Enter to rerun).
@@ -192,6 +194,7 @@ class LogitLensViewer(w.VBox):
         self.lens = lens_from_residuals(self.model, self._resid, self.tokens, positions, target=target, k=self.k)
         where = f", positions {positions[0]}-{positions[-1]} of {n}" if n > self.page_size else ""
         refresh(self.lens_figure, logit_lens_figure(self.lens, title=f"logit lens: top token by layer{where}"))
+        self.lens_figure.data[0].on_click(self._clicked)
         self._moving = True  # the position slider's new range must not redraw with the old lens
         try:
             self.position.max = max(self.position.max, positions[-1])
@@ -201,6 +204,11 @@ class LogitLensViewer(w.VBox):
         finally:
             self._moving = False
         self._draw_target()
+
+    def _clicked(self, trace, points, state) -> None:
+        # A click on a cell follows that column's position in the target curve.
+        if points is not None and points.xs:
+            self.position.value = self.lens.positions[int(points.xs[0])]
 
     def _draw_target(self) -> None:
         if self._moving:
