@@ -152,7 +152,7 @@ def test_run_suite_saves_skips_and_reuses(tiny_model, data_dir, tmp_path, monkey
     assert list(suite.results) == ["occupation_pronoun", "true_false_facts", "crows_pairs", "truthfulqa_mc"]
     assert {"bbq", "winogender", "winobias", "toxigen", "toxicity"} == set(suite.skipped)
     assert "toxicity plug-in" in suite.skipped["toxicity"] and "bbq/*.jsonl" in suite.skipped["bbq"]
-    assert suite["crows_pairs"].manifest["params"]["limit"] == 100
+    assert suite["crows_pairs"].manifest["params"]["limit"] == 40
     index = json.loads((out / "suite.json").read_text())
     assert index["suites"] == list(suite.results) and index["group"] == "quick"
     assert set(suite.metrics.suite) == set(suite.results)

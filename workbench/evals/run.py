@@ -67,7 +67,8 @@ def run_eval(
         metrics, samples, extra = run_toxicity(
             model, root, limit=limit, seed=seed, errors=errors,
             mode=run_params.get("mode", "full"), scorer=run_params.get("scorer"),
-            out=None if out is None else Path(out), progress=progress)
+            out=None if out is None else Path(out), progress=progress,
+            **({"k": run_params["k"]} if run_params.get("k") is not None else {}))
         data = extra.pop("data", {"dir": str(root), "files": []})
         skipped = extra.pop("skipped", {})
         metrics = metrics.reindex(columns=METRIC_COLUMNS)
