@@ -91,6 +91,8 @@ class AttentionViewer(w.VBox):
 
     def _layer_patterns(self, layer: int) -> np.ndarray:
         if layer not in self._patterns:
+            if len(self.tokens) > _PREFETCH_TOKENS:
+                self._patterns.clear()  # one layer of 2,048 tokens is 150 MB: keep only the one shown
             patterns, _ = attention_patterns(self.model, self._token_ids, layers=[layer])
             self._patterns.update(patterns)
         return self._patterns[layer]
