@@ -94,6 +94,11 @@ def test_logit_lens_viewer_follows_its_controls(tiny_model):
     assert viewer.position.value == 4 and "position 4" in viewer.target_figure.layout.title.text
     viewer.prompt.value = XSS
     assert all("<" not in t for t in viewer.lens_figure.layout.xaxis.ticktext)
+    hover = np.asarray(viewer.lens_figure.data[0].customdata).ravel().tolist() + list(viewer.lens_figure.data[0].text.ravel())
+    assert all("<" not in h.replace("<br>", "") for h in hover)
+    viewer.target.value = "<script>"
+    assert "&lt;" in viewer.status.value and "<script" not in viewer.status.value
+    assert "<" not in viewer.target_figure.layout.title.text
     viewer.target.value = ""
     assert viewer.target_figure.layout.title.text == "no target token chosen"
 
@@ -127,6 +132,8 @@ def test_model_explorer_search_and_selection(tiny_model):
     explorer.search.value = "attention pattern"
     assert explorer.hooks.value == "blocks.0.attn.hook_pattern"
     assert "shape [4, 4, 4]" in explorer.figure.layout.title.text
+    explorer.sample.value = XSS
+    assert all("<" not in t for t in explorer.figure.layout.yaxis.ticktext)
     explorer.sample.value = ""
     assert "sample prompt is empty" in explorer.status.value
     explorer.search.value = "nothing matches this"
