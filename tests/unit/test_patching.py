@@ -144,6 +144,8 @@ def test_bad_input_gives_clear_errors(tiny_model, metric):
         wb.patch_sweep(tiny_model, ["the cat", "the cat sat"], ["a dog", "a dog ran"], metric)
     with pytest.raises(wb.PatchingError, match="returned shape \\(2,\\)"):
         wb.patch_sweep(tiny_model, CLEAN, CORRUPT, lambda logits: logits[:, -1, 0], progress=False)
+    with pytest.raises(wb.PatchingError, match="positions= does not apply to site 'head_out'"):
+        wb.patch_sweep(tiny_model, CLEAN, CORRUPT, metric, site="head_out", positions=[1])
     with pytest.raises(wb.PatchingError, match="mode="):
         wb.patch_sweep(tiny_model, CLEAN, CORRUPT, metric, mode="restore")
     table = wb.token_alignment(tiny_model, "the cat sat", "the cat sat on")

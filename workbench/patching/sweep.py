@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +148,9 @@ def patch_sweep(
         raise PatchingError(f"mode={mode!r}; use one of {MODES}")
     clean_tokens, corrupt_tokens = paired_tokens(model, clean, corrupt)
     n_prompts, n_pos = clean_tokens.shape
+    for argument, value, axis in (("positions", positions, "pos"), ("heads", heads, "head")):
+        if value is not None and axis not in site_info.axes:
+            raise PatchingError(f"{argument}= does not apply to site {site!r} (its axes: layer, {', '.join(site_info.axes)})")
     layers = _check_indices("layers", layers, model.cfg.n_layers)
     positions = _check_indices("positions", positions, n_pos)
     heads = _check_indices("heads", heads, model.cfg.n_heads)
@@ -274,7 +278,7 @@ def _check_indices(argument: str, values: Sequence[int] | None, size: int) -> li
         return list(range(size))
     out = []
     for v in values:
-        if not isinstance(v, int) and not (isinstance(v, torch.Tensor) and v.numel() == 1):
+        if isinstance(v, bool) or not (isinstance(v, numbers.Integral) or (isinstance(v, torch.Tensor) and v.numel() == 1)):
             raise PatchingError(f"{argument}: {v!r} is not an integer index")
         v = int(v)
         if not -size <= v < size:
