@@ -83,3 +83,26 @@ def test_evals_run_under_steering_and_record_it(embedded, data_dir):
     after = wb.run_eval(embedded, "crows_pairs", data_dir=data_dir, limit=6, progress=False)
     c = np.concatenate([np.asarray(x) for x in after.samples.loglik])
     np.testing.assert_allclose(c, a, atol=1e-4)
+
+
+def test_scores_equal_lm_evaluation_harness(embedded, data_dir):
+    """Same model, same requests: our log-likelihoods equal lm-eval's HF backend (when installed)."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from workbench.evals.loaders import LOADERS
+    from workbench.evals.data import RowPolicy, find_files
+    from workbench.evals.scoring import render
+
+    requests = []
+    for suite, n in (("crows_pairs", 2), ("truthfulqa_mc", 1), ("winogender", 2), ("bbq", 1)):
+        spec = wb.evals.load_suite(suite)
+        frame = LOADERS[spec.loader](find_files(data_dir, spec.dataset, spec.files), RowPolicy())
+        for example in frame.head(n).to_dict("records"):
+            context, lists = render(spec, example)
+            requests += [(context, c) for c in lists[0][:2]]
+    lm = HFLM(pretrained=embedded.hf_model, tokenizer=embedded.tokenizer, batch_size=4, device="cpu")
+    ref = lm.loglikelihood([Instance("loglikelihood", {}, r, i) for i, r in enumerate(requests)], disable_tqdm=True)
+    ours = wb.evals.loglikelihood(embedded, requests)
+    np.testing.assert_allclose([ll for ll, _ in ours], [ll for ll, _ in ref], atol=1e-3, rtol=0)

@@ -26,10 +26,14 @@ def direct_hf(model, context, continuation):
 
 def test_encode_pair_follows_lm_eval(tiny_model):
     tok = tiny_model.tokenizer
+    default = lambda s: tok(s)["input_ids"]  # noqa: E731  (this tokenizer prepends <s> by default)
     plain = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     enc = encode_pair(tok, "the cat", " sat on")
-    assert list(enc.context) == plain("the cat") and list(enc.continuation) == plain(" sat on")
-    assert tok.bos_token_id not in enc.context  # no BOS for a non-empty context
+    # lm-eval 0.4.13 (add_bos_token=None): the context gets the tokenizer's default special tokens
+    assert list(enc.context) == default("the cat") and enc.context[0] == tok.bos_token_id
+    assert list(enc.continuation) == plain(" sat on")
+    # ... but none are added to a text that already starts with the BOS string
+    assert list(encode_pair(tok, "<s> the cat", " sat").context) == plain("<s> the cat")
     empty = encode_pair(tok, "", "the cat")
     assert empty.context == (tok.bos_token_id,) and list(empty.continuation) == plain("the cat")
     # trailing spaces of the context move to the continuation

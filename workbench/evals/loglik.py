@@ -1,13 +1,17 @@
 """Summed log-likelihood of continuations given contexts, through the hooked model.
 
-Conventions follow lm-evaluation-harness's Hugging Face backend (``HFLM.loglikelihood`` and
-``TemplateLM._encode_pair``), so scores are comparable with it:
+Conventions follow lm-evaluation-harness's Hugging Face backend (``HFLM`` /
+``TemplateLM.loglikelihood`` and ``_encode_pair``, lm-eval 0.4.13, default ``add_bos_token``),
+so scores are the same as its on the same model and tokenizer:
 
 * the context's trailing whitespace moves to the start of the continuation;
+* a non-empty context is encoded with the tokenizer's own default special tokens (so a
+  tokenizer that prepends BOS, like the embedded SmolLM2's, gets one; a text that already
+  starts with the BOS string gets none added);
 * continuation tokens are those of ``tok(context + continuation)`` after the context's own
   tokens (BPE merges across the boundary are honoured as lm-eval does);
-* no BOS is added (``add_special_tokens=False``), except that an empty context becomes the
-  single prefix token (BOS, else EOS), which is how CrowS-Pairs sentences are scored;
+* an empty context becomes the single prefix token (BOS, else EOS) and the continuation is
+  encoded without special tokens; this is how CrowS-Pairs sentences are scored;
 * the score is the sum of ``log_softmax`` over the vocabulary at the continuation positions.
 
 Every forward pass goes through ``model(tokens)`` (the TransformerLens bridge), never
@@ -46,20 +50,27 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> Encoded:
     >>> enc = encode_pair(model.tokenizer, "Q: 2+2?\\nA:", " 4")   # doctest: +SKIP
     """
 
-    def tok(text: str) -> list[int]:
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    def tok(text: str, special: bool | None = None) -> list[int]:
+        kwargs = {} if special is None else {"add_special_tokens": special}
+        return list(tokenizer(text, **kwargs)["input_ids"])
 
+    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if context == "":
-        prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         if prefix is None:
             raise ValueError("the tokenizer has neither a BOS nor an EOS token to score an empty context")
-        return Encoded((int(prefix),), tuple(tok(continuation)))
+        cont = tok(continuation, special=False)
+        if cont and cont[0] == prefix:  # the text itself starts with the prefix token
+            return Encoded(tuple(cont[:1]), tuple(cont[1:]))
+        return Encoded((int(prefix),), tuple(cont))
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
         continuation = context[-n_spaces:] + continuation
         context = context[:-n_spaces]
-    whole = tok(context + continuation)
-    ctx = tok(context)
+    # lm-eval adds no special tokens to a text that already starts with the BOS string.
+    bos_text = tokenizer.decode([prefix]) if prefix is not None else None
+    special = False if bos_text and context.startswith(bos_text) else None
+    whole = tok(context + continuation, special)
+    ctx = tok(context, special)
     return Encoded(tuple(ctx), tuple(whole[len(ctx):]))
 
 
