@@ -103,8 +103,9 @@ def run_eval(
         "scorer": extra.pop("scorer", None),
         "sampling": extra.pop("sampling", None),
         "loglik": None if spec.kind == "toxicity" else {
-            "convention": "lm-evaluation-harness HFLM: no BOS; empty context -> BOS/EOS prefix; "
-                          "continuation tokens = tok(context+continuation) after tok(context)",
+            "convention": "lm-evaluation-harness 0.4.13 HFLM: context with the tokenizer's default "
+                          "special tokens; empty context -> BOS/EOS prefix; continuation tokens = "
+                          "tok(context+continuation) after tok(context)",
             "delimiter": spec.prompt.get("delimiter", " "),
         },
         "interventions": interventions,
