@@ -9,7 +9,7 @@ an ``HTML`` widget.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -114,3 +114,39 @@ def refresh(widget: go.FigureWidget, figure: go.Figure) -> None:
             for old, new in zip(widget.data, figure.data):
                 old.update(new.to_plotly_json(), overwrite=True)
         widget.layout = figure.layout
+
+
+def n_pages(n: int, size: int) -> int:
+    """Pages of ``size`` positions needed for ``n`` positions (at least one).
+
+    >>> n_pages(2048, 64), n_pages(5, 64)
+    (32, 1)
+    """
+    return max(1, -(-n // size))
+
+
+def set_status(widget: Any, message: str = "", error: bool = False) -> None:
+    """Show ``message`` (escaped) in a widget's ``HTML`` status line; red when ``error``.
+
+    >>> class Line: value = ""
+    >>> line = Line(); set_status(line, "bad <input>", error=True); line.value
+    "<span style='color:#b00020'>bad &lt;input&gt;</span>"
+    """
+    colour = "#b00020" if error else "#555"
+    widget.value = f"<span style='color:{colour}'>{escape(message)}</span>" if message else ""
+
+
+def guarded(status: Any, action: Callable[[], None]) -> None:
+    """Run a widget callback; show an exception in ``status`` instead of raising it.
+
+    An exception raised in an ipywidgets observer only reaches the browser's log console, where
+    nobody looks: the widget would just stop responding.
+
+    >>> class Line: value = ""
+    >>> line = Line(); guarded(line, lambda: 1 / 0); "ZeroDivisionError" in line.value
+    True
+    """
+    try:
+        action()
+    except Exception as exc:  # noqa: BLE001 - any failure of model work is reported, not raised
+        set_status(status, f"{type(exc).__name__}: {exc}", error=True)

@@ -12,13 +12,13 @@ widget's ``status`` line instead of disappearing into the browser's log console.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import ipywidgets as w
 import numpy as np
 import plotly.graph_objects as go
 
-from workbench.viz._common import escape, refresh, token_label
+from workbench.viz._common import escape, guarded, n_pages, refresh, set_status, token_label
 from workbench.viz.attention import attention_head_grid, attention_heatmap, attention_patterns
 from workbench.viz.logit_lens import lens_from_residuals, logit_lens_figure, residual_stack, target_probability_figure
 from workbench.viz.model_explorer import activation_figure, info_html, search_catalogue
@@ -29,23 +29,6 @@ if TYPE_CHECKING:
 # Prompts up to this many tokens get every layer's attention in one forward pass; longer ones
 # compute a layer when it is shown (all layers of 2,048 tokens would be gigabytes).
 _PREFETCH_TOKENS = 256
-
-
-def _status(widget: w.HTML, message: str = "", error: bool = False) -> None:
-    colour = "#b00020" if error else "#555"
-    widget.value = f"<span style='color:{colour}'>{escape(message)}</span>" if message else ""
-
-
-def _guarded(status: w.HTML, action: Callable[[], None]) -> None:
-    # Callback exceptions would only reach the browser's log console; show them in the widget.
-    try:
-        action()
-    except Exception as exc:  # noqa: BLE001 - any failure of model work is reported, not raised
-        _status(status, f"{type(exc).__name__}: {exc}", error=True)
-
-
-def _pages(n: int, size: int) -> int:
-    return max(1, -(-n // size))
 
 
 class AttentionViewer(w.VBox):
@@ -80,14 +63,14 @@ class AttentionViewer(w.VBox):
         self.grid = go.FigureWidget()
         self.tokens: list[str] = []
         self._patterns: dict[int, np.ndarray] = {}
-        self.prompt.observe(lambda _: _guarded(self.status, self._load), names="value")
-        self.layer.observe(lambda _: _guarded(self.status, self._draw), names="value")
-        self.head.observe(lambda _: _guarded(self.status, self._draw_head), names="value")
-        self.window.observe(lambda _: _guarded(self.status, self._draw_head), names="value")
+        self.prompt.observe(lambda _: guarded(self.status, self._load), names="value")
+        self.layer.observe(lambda _: guarded(self.status, self._draw), names="value")
+        self.head.observe(lambda _: guarded(self.status, self._draw_head), names="value")
+        self.window.observe(lambda _: guarded(self.status, self._draw_head), names="value")
         super().__init__([self.prompt, w.HBox([self.layer, self.head, self.window]), self.status,
                           self.heatmap, self.grid])
         self.add_class("wb-attention-viewer")
-        _guarded(self.status, self._load)
+        guarded(self.status, self._load)
 
     def _layer_patterns(self, layer: int) -> np.ndarray:
         if layer not in self._patterns:
@@ -100,12 +83,12 @@ class AttentionViewer(w.VBox):
     def _load(self) -> None:
         if not self.prompt.value.strip():
             raise ValueError("the prompt is empty")
-        _status(self.status, "running the model…")
+        set_status(self.status, "running the model…")
         self._token_ids = self.model.to_tokens(self.prompt.value)
         n = self._token_ids.shape[1]
         layers = None if n <= _PREFETCH_TOKENS else [self.layer.value]
         self._patterns, self.tokens = attention_patterns(self.model, self._token_ids, layers=layers)
-        pages = _pages(n, self.page_size)
+        pages = n_pages(n, self.page_size)
         self.window.max = pages - 1
         self.window.value = min(self.window.value, pages - 1)
         self.window.layout.display = "flex" if pages > 1 else "none"
@@ -132,7 +115,7 @@ class AttentionViewer(w.VBox):
             with self.grid.batch_update():
                 for h, annotation in enumerate(self.grid.layout.annotations):  # subplot titles, head order
                     annotation.text = f"<b>head {h} ◀</b>" if h == head else f"head {h}"
-        _status(self.status, f"{n} tokens")
+        set_status(self.status, f"{n} tokens")
 
 
 class LogitLensViewer(w.VBox):
@@ -166,22 +149,22 @@ class LogitLensViewer(w.VBox):
         self.target_figure = go.FigureWidget()
         self.lens = None
         self._moving = False
-        self.prompt.observe(lambda _: _guarded(self.status, self._load), names="value")
-        self.target.observe(lambda _: _guarded(self.status, self._decode), names="value")
-        self.window.observe(lambda _: _guarded(self.status, self._decode), names="value")
-        self.position.observe(lambda _: _guarded(self.status, self._draw_target), names="value")
+        self.prompt.observe(lambda _: guarded(self.status, self._load), names="value")
+        self.target.observe(lambda _: guarded(self.status, self._decode), names="value")
+        self.window.observe(lambda _: guarded(self.status, self._decode), names="value")
+        self.position.observe(lambda _: guarded(self.status, self._draw_target), names="value")
         super().__init__([self.prompt, w.HBox([self.target, self.position, self.window]), self.status,
                           self.lens_figure, self.target_figure])
         self.add_class("wb-logit-lens")
-        _guarded(self.status, self._load)
+        guarded(self.status, self._load)
 
     def _load(self) -> None:
         if not self.prompt.value.strip():
             raise ValueError("the prompt is empty")
-        _status(self.status, "running the model…")
+        set_status(self.status, "running the model…")
         self._resid, self.tokens = residual_stack(self.model, self.prompt.value)
         n = len(self.tokens)
-        pages = _pages(n, self.page_size)
+        pages = n_pages(n, self.page_size)
         with self.window.hold_trait_notifications(), self.position.hold_trait_notifications():
             self.window.max = pages - 1
             self.window.value = pages - 1  # the end of the prompt: where the next token is predicted
@@ -243,14 +226,14 @@ class ModelExplorer(w.VBox):
         self.detail = w.HTML()
         self.status = w.HTML()
         self.figure = go.FigureWidget()
-        self.search.observe(lambda _: _guarded(self.status, self._filter), names="value")
-        self.hooks.observe(lambda _: _guarded(self.status, self._show), names="value")
-        self.sample.observe(lambda _: _guarded(self.status, self._show), names="value")
+        self.search.observe(lambda _: guarded(self.status, self._filter), names="value")
+        self.hooks.observe(lambda _: guarded(self.status, self._show), names="value")
+        self.sample.observe(lambda _: guarded(self.status, self._show), names="value")
         left = w.VBox([self.search, self.count, self.hooks], layout=w.Layout(width="50%"))
         super().__init__([w.HBox([w.VBox([self.summary], layout=w.Layout(width="50%")), left]),
                           self.sample, self.detail, self.status, self.figure])
         self.add_class("wb-model-explorer")
-        _guarded(self.status, self._filter)
+        guarded(self.status, self._filter)
 
     def _filter(self) -> None:
         found = search_catalogue(self.catalogue, self.search.value)
@@ -277,4 +260,4 @@ class ModelExplorer(w.VBox):
         )
         tokens = self.model.to_str_tokens(self.sample.value)
         refresh(self.figure, activation_figure(act, name, axes=axes, tokens=tokens))
-        _status(self.status)
+        set_status(self.status)
