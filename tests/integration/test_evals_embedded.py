@@ -96,7 +96,7 @@ def test_scores_equal_lm_evaluation_harness(embedded, data_dir):
     from workbench.evals.scoring import render
 
     requests = []
-    for suite, n in (("crows_pairs", 2), ("truthfulqa_mc", 1), ("winogender", 2), ("bbq", 1)):
+    for suite, n in (("crows_pairs", 2), ("truthfulqa_mc", 2), ("winogender", 2), ("bbq", 1)):
         spec = wb.evals.load_suite(suite)
         frame = LOADERS[spec.loader](find_files(data_dir, spec.dataset, spec.files), RowPolicy())
         for example in frame.head(n).to_dict("records"):

@@ -79,3 +79,19 @@ def test_hooks_on_the_model_apply(tiny_model):
 def test_empty_continuation_is_an_error(tiny_model):
     with pytest.raises(ValueError, match="empty continuation"):
         loglikelihood(tiny_model, [("the cat", "")])
+
+
+def test_common_primer_is_computed_once_and_stays_exact(tiny_model):
+    primer = "q : what is the capital of france ? a : paris . q : what is the capital of italy ? a : rome ."
+    requests = [(primer + " q : is it red ? a :", " it is red"), (primer + " q : is it red ? a :", " no"),
+                (primer + " q : what is blue ? a :", " the mat"), (primer + " q : what is blue ? a :", " a cat")]
+    calls = []
+    with tiny_model.hooks([("blocks.0.hook_resid_pre", lambda act, hook: calls.append(act.shape[1]))]):
+        got = loglikelihood(tiny_model, requests, min_shared_context=1, min_saved_tokens=0)
+    # the common token prefix once, then each question's own tokens, then its options
+    a, b = (encode_pair(tiny_model.tokenizer, *requests[i]).context for i in (0, 2))
+    common = next(k for k in range(len(a)) if a[k] != b[k])
+    assert common > 25
+    assert calls == [common, len(a) - common, 2, len(b) - common, 1]
+    for (context, continuation), (ll, n) in zip(requests, got):
+        assert ll == pytest.approx(direct_hf(tiny_model, context, continuation)[0], abs=1e-4)

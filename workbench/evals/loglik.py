@@ -120,9 +120,13 @@ def loglikelihood(
     plain = [i for ctx, idx in groups.items() if ctx not in shared for i in idx]
 
     with torch.no_grad():
+        # Few-shot suites repeat one long primer in every context (TruthfulQA's 6-shot QA):
+        # the primer's KV cache is computed once and each context continues from it.
+        base = _common_prefix(list(shared), min_saved_tokens)
+        base_cache = _prefill(model, base)[1] if base else None
         for ctx, idx in shared.items():
             _score_shared(model, ctx, [encoded[i].continuation for i in idx], idx, results,
-                          batch_tokens, max_batch, advance)
+                          batch_tokens, max_batch, advance, base=len(base), base_cache=base_cache)
         _score_plain(model, encoded, plain, results, batch_tokens, max_batch, advance)
     advance(None)
     return [r for r in results if r is not None]
@@ -148,10 +152,39 @@ def _score_plain(model, encoded, order, results, batch_tokens, max_batch, advanc
         advance(len(batch))
 
 
-def _score_shared(model, ctx, continuations, idx, results, batch_tokens, max_batch, advance) -> None:
-    """One context, many continuations: run the context once, reuse its KV cache per option."""
+def _common_prefix(contexts: list[tuple[int, ...]], min_saved_tokens: int) -> tuple[int, ...]:
+    """The token prefix all ``contexts`` share (leaving each at least one token of its own),
+    when running it once saves at least ``min_saved_tokens`` positions; else ``()``."""
+    if len(contexts) < 2:
+        return ()
+    n = min(len(c) for c in contexts) - 1
+    first = contexts[0]
+    for c in contexts[1:]:
+        k = 0
+        while k < n and c[k] == first[k]:
+            k += 1
+        n = k
+    return tuple(first[:n]) if n > 0 and n * (len(contexts) - 1) >= max(min_saved_tokens, 1) else ()
+
+
+def _prefill(model, tokens, past=None):
+    """``(logits, cache)`` of a batch-of-one forward, continuing ``past`` if given."""
+    ids = torch.tensor([list(tokens)], device=_device(model))
+    if past is None:
+        return model(ids, return_type="logits_and_cache")
+    with warnings.catch_warnings():
+        # transformers renames past_key_values to cache=; the bridge still takes the old name.
+        warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
+        return model(ids, past_key_values=copy.deepcopy(past), return_type="logits_and_cache")
+
+
+def _score_shared(model, ctx, continuations, idx, results, batch_tokens, max_batch, advance,
+                  base: int = 0, base_cache=None) -> None:
+    """One context, many continuations: run the context once, reuse its KV cache per option.
+
+    With ``base_cache`` (the KV cache of ``ctx[:base]``), only ``ctx[base:]`` is run."""
     device = _device(model)
-    logits, cache = model(torch.tensor([ctx], device=device), return_type="logits_and_cache")
+    logits, cache = _prefill(model, ctx[base:], base_cache) if base_cache is not None else _prefill(model, ctx)
     first = F.log_softmax(logits[0, -1].float(), dim=-1)  # predicts each option's first token
     order = sorted(range(len(idx)), key=lambda k: -len(continuations[k]))
     for batch in _batches(order, lambda k: len(ctx) + len(continuations[k]), batch_tokens, max_batch):
