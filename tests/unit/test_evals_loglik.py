@@ -95,3 +95,14 @@ def test_common_primer_is_computed_once_and_stays_exact(tiny_model):
     assert calls == [common, len(a) - common, 2, len(b) - common, 1]
     for (context, continuation), (ll, n) in zip(requests, got):
         assert ll == pytest.approx(direct_hf(tiny_model, context, continuation)[0], abs=1e-4)
+
+
+def test_one_token_options_share_one_row(tiny_model):
+    requests = [("the cat sat on a", " mat"), ("the cat sat on a", " house"), ("the cat sat on a", " dog"),
+                ("is it red ?", " a")]
+    widths = []
+    with tiny_model.hooks([("blocks.0.hook_resid_pre", lambda act, hook: widths.append(tuple(act.shape[:2])))]):
+        got = loglikelihood(tiny_model, requests, min_shared_context=1, min_saved_tokens=0)
+    assert widths == [(2, 6)]  # two distinct inputs (with BOS), one forward
+    for (context, continuation), (ll, _) in zip(requests, got):
+        assert ll == pytest.approx(direct_hf(tiny_model, context, continuation)[0], abs=1e-4)

@@ -114,9 +114,12 @@ def loglikelihood(
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, enc in enumerate(encoded):
         groups.setdefault(enc.context, []).append(i)
+    # Options of one token each need no cache: their input is the context alone, which the
+    # plain path runs once for all of them (identical inputs are deduplicated there).
     shared = {ctx: idx for ctx, idx in groups.items()
               if len(idx) > 1 and len(ctx) >= max(min_shared_context, 1)
-              and (len(idx) - 1) * len(ctx) >= min_saved_tokens}
+              and (len(idx) - 1) * len(ctx) >= min_saved_tokens
+              and any(len(encoded[i].continuation) > 1 for i in idx)}
     plain = [i for ctx, idx in groups.items() if ctx not in shared for i in idx]
 
     with torch.no_grad():
@@ -133,23 +136,30 @@ def loglikelihood(
 
 
 def _score_plain(model, encoded, order, results, batch_tokens, max_batch, advance) -> None:
-    """Full sequences, longest first, right-padded (causal attention never sees the padding)."""
-    order = sorted(order, key=lambda i: -(len(encoded[i].context) + len(encoded[i].continuation)))
+    """Full sequences, longest first, right-padded (causal attention never sees the padding).
+
+    Requests whose model input is the same (``context + continuation[:-1]``; e.g. one-token
+    answers to one question) share one row of the batch."""
+    rows: dict[tuple[int, ...], list[int]] = {}
+    for i in order:
+        rows.setdefault(encoded[i].context + encoded[i].continuation[:-1], []).append(i)
+    inputs = sorted(rows, key=len, reverse=True)
     device = _device(model)
-    for batch in _batches(order, lambda i: len(encoded[i].context) + len(encoded[i].continuation) - 1,
-                          batch_tokens, max_batch):
-        seqs = [list(encoded[i].context + encoded[i].continuation)[:-1] for i in batch]
-        width = max(len(s) for s in seqs)
-        pad = _pad_id(model)
-        tokens = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
+    pad = _pad_id(model)
+    for batch in _batches(inputs, len, batch_tokens, max_batch):
+        width = max(len(seq) for seq in batch)
+        tokens = torch.tensor([list(seq) + [pad] * (width - len(seq)) for seq in batch], device=device)
         logprobs = F.log_softmax(model(tokens).float(), dim=-1)
-        for row, i in enumerate(batch):
-            enc = encoded[i]
-            start = len(enc.context) - 1  # logits at position p predict token p + 1
-            target = torch.tensor(enc.continuation, device=device)
-            lp = logprobs[row, start:start + len(target)].gather(-1, target[:, None]).sum()
-            results[i] = (float(lp), len(target))
-        advance(len(batch))
+        done = 0
+        for row, seq in enumerate(batch):
+            for i in rows[seq]:
+                enc = encoded[i]
+                start = len(enc.context) - 1  # logits at position p predict token p + 1
+                target = torch.tensor(enc.continuation, device=device)
+                lp = logprobs[row, start:start + len(target)].gather(-1, target[:, None]).sum()
+                results[i] = (float(lp), len(target))
+                done += 1
+        advance(done)
 
 
 def _common_prefix(contexts: list[tuple[int, ...]], min_saved_tokens: int) -> tuple[int, ...]:
