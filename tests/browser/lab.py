@@ -1,7 +1,10 @@
-"""A throwaway JupyterLab server on loopback for browser tests.
+"""Browser-test harness: a throwaway JupyterLab on loopback, and helpers to drive a notebook.
 
-Everything it writes (config, runtime files, workspaces, settings, the notebook copy) lives in a
-temporary folder, so a run neither reads the user's Jupyter set-up nor leaves anything behind.
+Everything the server writes (config, runtime files, workspaces, settings, the notebook copy)
+lives in a temporary folder, so a run neither reads the user's Jupyter set-up nor leaves anything
+behind. A notebook test is: ``with jupyterlab(tmp, [nb]) as lab``, ``page, errors =
+open_notebook(browser, lab, nb.name)``, ``run_all(page, lab)``, then its own checks, with
+``output_failures(page)`` and ``errors`` empty at the end.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -99,3 +103,70 @@ def jupyterlab(workdir: Path, notebooks: list[Path], startup_timeout: float = 90
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+# Text that means a cell or a widget failed, as it appears inside outputs (not in the console).
+FAILURE_TEXT = ("Traceback (most recent call last)", "Error displaying widget", "Failed to load model class",
+                "Model not found", "Error: ")
+
+
+def wait_for(predicate, timeout: float, what: str, page=None, step: float = 0.5, on_timeout: Path | None = None):
+    """Poll ``predicate`` until truthy; on timeout save a full-page screenshot to ``on_timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            if page is not None and on_timeout is not None:
+                on_timeout.parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(on_timeout), full_page=True)
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        if page is not None:
+            page.wait_for_timeout(step * 1000)
+        else:
+            time.sleep(step)
+
+
+def open_notebook(browser, lab: Lab, name: str, viewport=(1400, 2200)):
+    """Open ``name`` in a new page; return the page and the list that collects JavaScript errors."""
+    errors: list[str] = []
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+    page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    page.goto(f"{lab.url}/lab/tree/{name}?token={lab.token}")
+    page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=60_000)
+    return page, errors
+
+
+def cell_prompts(page) -> list[str]:
+    return page.locator(".jp-CodeCell .jp-InputArea-prompt").all_text_contents()
+
+
+def run_all(page, lab: Lab, timeout: float = 240, on_timeout: Path | None = None) -> None:
+    """Run every cell once the kernel is really there, and wait until each shows ``[n]:``."""
+    # The toolbar says "idle" before the session exists; Run All sent earlier can be lost.
+    wait_for(lab.kernel_ready, 60, "the notebook's kernel (idle, with a connection)", page, on_timeout=on_timeout)
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+    def finished() -> bool:
+        prompts = cell_prompts(page)
+        return bool(prompts) and all(re.fullmatch(r"\[\d+\]:", p.strip()) for p in prompts)
+
+    wait_for(finished, timeout, "Run All to finish", page, step=1, on_timeout=on_timeout)
+
+
+def output_failures(page) -> list[str]:
+    """Outputs that show a Python traceback, an error or a widget that failed to load."""
+    outputs = page.locator(".jp-OutputArea-output").all_text_contents()
+    return [o for o in outputs if any(f in o for f in FAILURE_TEXT)]
+
+
+def screenshot(page, locator, path: Path) -> None:
+    """Screenshot one element, scrolled to the top of the notebook panel."""
+    # The notebook panel scrolls, not the page: at its top, JupyterLab's menu and toolbar do not
+    # cover the element (the default viewport is tall enough for a whole widget).
+    locator.evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(300)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    locator.screenshot(path=str(path))
