@@ -100,7 +100,9 @@ def test_logit_lens_viewer_follows_its_controls(tiny_model):
     assert "&lt;" in viewer.status.value and "<script" not in viewer.status.value
     assert "<" not in viewer.target_figure.layout.title.text
     viewer.target.value = ""
-    assert viewer.target_figure.layout.title.text == "no target token chosen"
+    assert viewer.target_figure.layout.title.text == "no target token chosen" and not viewer.target_figure.data
+    viewer.target.value = "dog"  # traces come back after a figure that had none
+    assert len(viewer.target_figure.data) == 1 and "p('dog')" in viewer.target_figure.layout.title.text
 
 
 def test_logit_lens_viewer_pages_a_long_prompt(long_model):
