@@ -150,6 +150,8 @@ def run_suite(
     result = SuiteResult(group=name, params={"limit": limit, "seed": seed, "errors": errors,
                                              "data_dir": None if data_dir is None else str(data_dir)})
     folder = None if out is None else Path(out)
+    if folder is not None:
+        result.save(folder)  # suite.json first: a folder being filled says what it is
     for entry in entries:
         suite_limit = limit if limit is not None else entry.limit
         sub = None if folder is None else folder / entry.suite
