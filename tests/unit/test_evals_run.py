@@ -191,3 +191,13 @@ def test_cli_eval_writes_results_and_resumes(hf_folder, data_dir, tmp_path, caps
     assert "reused from --out" in capsys.readouterr().out
     assert main(["eval", "--suite", "no_such_suite"]) == 1
     assert "unknown suite 'no_such_suite'" in capsys.readouterr().out
+
+
+def test_suite_files_ship_in_the_wheel():
+    import tomllib
+
+    cfg = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "workbench.evals" in cfg["packages"] and "workbench.eval_data" in cfg["packages"]
+    assert cfg["package-dir"]["workbench.eval_data"] == "evals"
+    assert "*.yaml" in cfg["package-data"]["workbench.eval_data"]
+    assert (Path(__file__).parents[2] / "evals" / "groups.yaml").is_file()
