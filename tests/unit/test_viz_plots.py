@@ -208,3 +208,16 @@ def test_activation_figure_and_catalogue_search(tiny_model):
 def test_catalogue_search_with_a_missing_component():
     cat = pd.DataFrame({"name": ["a.hook_x"], "component": [None], "description": ["x"]})
     assert search_catalogue(cat, "x")["name"].tolist() == ["a.hook_x"]
+
+
+def test_target_skips_sentencepiece_blank_pieces(tmp_path):
+    from meta_checkpoint import write_meta_checkpoint
+
+    from workbench.viz.logit_lens import target_token_id
+
+    write_meta_checkpoint(tmp_path / "meta")
+    model = wb.load_model(tmp_path / "meta", device="cpu")
+    assert model.to_str_tokens(model.to_tokens(" the", prepend_bos=False)[0])[0] == ""  # the bare "▁" piece
+    the = model.to_tokens("the cat", prepend_bos=False)[0, 0].item()
+    assert target_token_id(model, " the") == (the, "the")
+    assert target_token_id(model, "the") == (the, "the")

@@ -82,8 +82,10 @@ def decode_residual(model: HookedLlama, resid: torch.Tensor) -> torch.Tensor:
 def target_token_id(model: HookedLlama, target: str | int) -> tuple[int, str]:
     """A target given as text or id -> ``(token_id, token string)``.
 
-    Text that tokenizes into several tokens uses its first token (the one the model must
-    predict next); an empty text or an id outside the vocabulary raises ``ValueError``.
+    Text that tokenizes into several tokens uses its first token that is not blank (the one
+    the model must predict next): SentencePiece tokenizers encode ``" Paris"`` with a leading
+    bare ``"▁"`` token, which is not what a user asking about Paris means. An empty text or an
+    id outside the vocabulary raises ``ValueError``.
     """
     if isinstance(target, (int, np.integer)):
         d_vocab = model.cfg.d_vocab
@@ -94,7 +96,8 @@ def target_token_id(model: HookedLlama, target: str | int) -> tuple[int, str]:
         ids = model.to_tokens(str(target), prepend_bos=False)[0].tolist()
         if not ids:
             raise ValueError(f"target {target!r} tokenizes to no token")
-        token_id = int(ids[0])
+        strs = model.to_str_tokens(torch.tensor(ids))
+        token_id = int(next((i for i, s in zip(ids, strs) if s.strip()), ids[0]))
     return token_id, model.to_str_tokens(torch.tensor([token_id]))[0]
 
 
