@@ -169,6 +169,9 @@ def test_run_suite_saves_skips_and_reuses(tiny_model, data_dir, tmp_path, monkey
                  on_result=lambda name, res, reused: seen.append((name, reused)))
     assert seen == [("crows_pairs", False)]
     assert EvalResult.load(out / "crows_pairs").manifest["params"]["seed"] == 5
+    # a single-suite command into the same folder keeps the other suites listed
+    assert set(SuiteResult.load(out).results) == {"occupation_pronoun", "true_false_facts", "crows_pairs",
+                                                  "truthfulqa_mc"}
 
 
 def test_unknown_suite_lists_known_ones(tiny_model):

@@ -135,7 +135,7 @@ def run_suite(
     """Run a group of suites (``"safety"``, ``"quick"``) or a single suite as a group of one.
 
     With ``out``, each suite is saved as it finishes (``out/<suite>/``) and ``out/suite.json``
-    lists them; rerunning with the same ``out`` and parameters reuses finished suites instead
+    lists them (with suites an earlier command finished in the same folder); rerunning with the same ``out`` and parameters reuses finished suites instead
     of running them again. Optional suites whose data (or plug-in) is missing are skipped and
     listed in ``SuiteResult.skipped``.
 
@@ -151,6 +151,16 @@ def run_suite(
                                              "data_dir": None if data_dir is None else str(data_dir)})
     folder = None if out is None else Path(out)
     if folder is not None:
+        # Suites finished earlier in the same folder by another command stay listed.
+        if (folder / "suite.json").is_file():
+            current = {e.suite for e in entries}
+            try:
+                prior = SuiteResult.load(folder)
+            except (OSError, ValueError, KeyError):
+                prior = None
+            for suite_name, res in (prior.results.items() if prior else ()):
+                if suite_name not in current:
+                    result.results[suite_name] = res
         result.save(folder)  # suite.json first: a folder being filled says what it is
     for entry in entries:
         suite_limit = limit if limit is not None else entry.limit
