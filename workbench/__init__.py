@@ -31,7 +31,7 @@ from workbench.patching import (
 from workbench.probing import Direction, LinearProbe, MassMeanProbe, ProbeResult, RidgeProbe, probe_sweep
 from workbench.store import ActivationStore, ShardedArray, StoreError, cache_activations
 from workbench import viz
-from workbench.viz import AttentionViewer, LogitLensViewer, ModelExplorer, logit_lens
+from workbench.viz import AttentionViewer, LogitLensViewer, ModelExplorer, ProbeExplorer, logit_lens
 
 __version__ = "0.1.0"
 
@@ -69,6 +69,7 @@ __all__ = [
     "ChecksumError",
     "HookedLlama",
     "ModelSource",
+    "ProbeExplorer",
     "ShardedArray",
     "StoreError",
     "VerifyReport",

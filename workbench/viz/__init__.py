@@ -1,7 +1,7 @@
 """Views: pure ``data -> plotly Figure`` functions, and widgets that compose them.
 
 Plot functions take arrays and tables and return a ``plotly.graph_objects.Figure``; widgets
-(``ModelExplorer``, ``AttentionViewer``, ``LogitLensViewer``) compose them with ipywidgets
+(``ModelExplorer``, ``AttentionViewer``, ``LogitLensViewer``, ``ProbeExplorer``) compose them with ipywidgets
 controls and run model work in the kernel when a control changes.
 """
 
@@ -16,6 +16,7 @@ from workbench.viz.logit_lens import (
     target_probability_figure,
 )
 from workbench.viz.model_explorer import activation_figure, info_html, search_catalogue
+from workbench.viz.probe_explorer import ProbeExplorer, probe_projection_figure
 from workbench.viz.probes import probe_accuracy_figure
 from workbench.viz.widgets import AttentionViewer, LogitLensViewer, ModelExplorer
 
@@ -24,6 +25,7 @@ __all__ = [
     "LogitLens",
     "LogitLensViewer",
     "ModelExplorer",
+    "ProbeExplorer",
     "activation_figure",
     "attention_head_grid",
     "attention_heatmap",
@@ -34,6 +36,7 @@ __all__ = [
     "logit_lens",
     "logit_lens_figure",
     "probe_accuracy_figure",
+    "probe_projection_figure",
     "residual_stack",
     "search_catalogue",
     "target_probability_figure",
