@@ -84,3 +84,20 @@ def test_steering_changes_sampled_text(embedded):
     with embedded.hooks([(f"blocks.{last}.hook_resid_post", push)]):
         steered = tox.sample_tokens(embedded, "My favourite food is", sampling, seed=3)
     assert steered == [[tok] * 5] * 2 and plain != steered
+
+
+def test_real_prompt_files_parse_cleanly(data_dir):
+    """Every published prompt row parses: none skipped, ids unique, every group represented."""
+    full, skipped = tox.load_prompts(data_dir, "full", errors="skip")
+    assert skipped == {}
+    counts = full["category"].value_counts().to_dict()
+    hate = len(list((data_dir / "toxigen" / "prompts").glob("hate_*_1k.txt")))
+    neutral = len(list((data_dir / "toxigen" / "prompts").glob("neutral_*_1k.txt")))
+    per_file = tox.MODES["full"].toxigen_per_file
+    assert counts == {"toxic": 1196, "nontoxic": 1200, "toxigen_hate": hate * per_file,
+                      "toxigen_neutral": neutral * per_file}
+    assert full["example_id"].is_unique
+    assert not full["prompt"].str.contains(r"\\n", regex=False).any()  # literal \n became newlines
+    # RTP's Perspective scores of the prompts: the nontoxic file is all below 0.5, the toxic one mostly above
+    assert full.query("category == 'nontoxic'")["prompt_toxicity"].max() < 0.5
+    assert full.query("category == 'toxic'")["prompt_toxicity"].median() > 0.5
