@@ -23,6 +23,8 @@ REPO = Path(__file__).parents[2]
 ARTIFACTS = REPO / "runs" / "test-artifacts" / "browser"
 SCREENSHOTS = REPO / "docs" / "screenshots"
 TIMEOUT_SHOT = ARTIFACTS / "timeout.png"
+WIDGETS = {"attention_viewer": ".wb-attention-viewer", "logit_lens": ".wb-logit-lens",
+           "model_explorer": ".wb-model-explorer", "probe_explorer": ".wb-probe-explorer"}
 XSS = '<script>window.__wb_xss=1</script> <img src=x onerror="window.__wb_xss=2"> done'
 
 
@@ -41,7 +43,8 @@ def test_quickstart_runs_in_jupyterlab(browser, tmp_path):
         attention = page.locator(".wb-attention-viewer")
         lens = page.locator(".wb-logit-lens")
         explorer = page.locator(".wb-model-explorer")
-        for widget, n_plots in ((attention, 2), (lens, 2), (explorer, 1)):
+        probes = page.locator(".wb-probe-explorer")
+        for widget, n_plots in ((attention, 2), (lens, 2), (explorer, 1), (probes, 2)):
             wait_for(lambda: widget.locator(".js-plotly-plot .main-svg").count() >= n_plots, 60,
                      f"{n_plots} plotly SVGs in {widget}", page, on_timeout=TIMEOUT_SHOT)
         assert attention.locator(".widget-slider").count() >= 2  # layer, head
@@ -52,7 +55,8 @@ def test_quickstart_runs_in_jupyterlab(browser, tmp_path):
         assert _title(attention.locator(".js-plotly-plot").first).startswith("layer 5, head 0")
         heatmap_cells = attention.locator(".js-plotly-plot").first.locator(".hm image, .heatmaplayer image")
         assert heatmap_cells.count() >= 1
-        for name, widget in (("attention_viewer", attention), ("logit_lens", lens), ("model_explorer", explorer)):
+        for name, widget in WIDGETS.items():
+            widget = page.locator(widget)
             screenshot(page, widget, ARTIFACTS / f"{name}.png")
 
         # A control change runs the model in the kernel and redraws: type a layer into the slider's readout.
@@ -95,11 +99,16 @@ def test_quickstart_runs_in_jupyterlab(browser, tmp_path):
                  60, "the explorer to show blocks.0.attn.hook_pattern", page, on_timeout=TIMEOUT_SHOT)
         assert explorer.locator("select option").count() == 30  # one pattern hook per layer
 
+        # The probe explorer's layer picker redraws the projection for that layer.
+        probes.locator("select").nth(1).select_option("blocks.5.hook_resid_post")
+        wait_for(lambda: "blocks.5.hook_resid_post" in _title(probes.locator(".js-plotly-plot").nth(1)), 60,
+                 "the probe projection to redraw for layer 5", page, on_timeout=TIMEOUT_SHOT)
+
         assert not output_failures(page), f"errors in outputs after interaction: {output_failures(page)}"
         page.screenshot(path=str(ARTIFACTS / "notebook.png"), full_page=True)
         page.close()
     assert not console_errors, "JavaScript errors:\n" + "\n".join(console_errors)
     if os.environ.get("WORKBENCH_UPDATE_SCREENSHOTS") == "1":
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        for name in ("attention_viewer", "logit_lens", "model_explorer"):
+        for name in WIDGETS:
             shutil.copy(ARTIFACTS / f"{name}.png", SCREENSHOTS / f"{name}.png")

@@ -139,9 +139,10 @@ class ProbeExplorer(w.VBox):
         refresh(self.projection, probe_projection_figure(result.predictions, hook, labels, texts,
                                                          title=f"{escape(result.concept)}, {escape(hook)}: out-of-fold scores"))
         layer = result.frame.query("hook == @hook")["layer"].iloc[0]
-        with self.accuracy.batch_update():
-            self.accuracy.layout.shapes = ()
-            self.accuracy.add_vline(x=float(layer), line={"dash": "dash", "color": "#444"})
+        # A plain shape, not add_vline: once the browser has drawn the figure, the layout it syncs
+        # back holds "y domain" references that add_vline would extend into invalid ones.
+        self.accuracy.layout.shapes = [{"type": "line", "x0": float(layer), "x1": float(layer), "xref": "x",
+                                        "y0": 0, "y1": 1, "yref": "paper", "line": {"dash": "dash", "color": "#444"}}]
         row = result.frame.query("hook == @hook and metric in ('accuracy', 'r2')").iloc[0]
         set_status(self.status, f"{result.concept} at {hook}: {row['metric']} {row['mean']:.3f} "
                                 f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]")
