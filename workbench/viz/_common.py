@@ -102,6 +102,10 @@ def refresh(widget: go.FigureWidget, figure: go.Figure) -> None:
 
     Traces are updated in place when the new figure has the same trace types (the common case:
     a new layer or prompt), so the browser patches the plot instead of redrawing it from scratch.
+
+    >>> widget = go.FigureWidget()                                               # doctest: +SKIP
+    >>> refresh(widget, go.Figure(go.Bar(y=[1, 2]))); widget.data[0].y          # doctest: +SKIP
+    (1, 2)
     """
     same = len(widget.data) == len(figure.data) and all(
         a.type == b.type for a, b in zip(widget.data, figure.data)

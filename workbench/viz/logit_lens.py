@@ -48,6 +48,7 @@ class LogitLens:
     target_token: str | None = None
 
     def layer_label(self, layer: int) -> str:
+        """``"embed"`` for layer -1, else the block index as text."""
         return "embed" if layer < 0 else str(layer)
 
 
@@ -86,6 +87,9 @@ def target_token_id(model: HookedLlama, target: str | int) -> tuple[int, str]:
     the model must predict next): SentencePiece tokenizers encode ``" Paris"`` with a leading
     bare ``"▁"`` token, which is not what a user asking about Paris means. An empty text or an
     id outside the vocabulary raises ``ValueError``.
+
+    >>> target_token_id(model, " Paris")                                          # doctest: +SKIP
+    (7042, ' Paris')
     """
     if isinstance(target, (int, np.integer)):
         d_vocab = model.cfg.d_vocab
