@@ -106,3 +106,23 @@ def test_scores_equal_lm_evaluation_harness(embedded, data_dir):
     ref = lm.loglikelihood([Instance("loglikelihood", {}, r, i) for i, r in enumerate(requests)], disable_tqdm=True)
     ours = wb.evals.loglikelihood(embedded, requests)
     np.testing.assert_allclose([ll for ll, _ in ours], [ll for ll, _ in ref], atol=1e-3, rtol=0)
+
+
+def test_bbq_biased_answers_on_real_data(data_dir):
+    """Oracles for the derived "biased" answers: a perfect model scores s_DIS ~ 0 and s_AMB = 0,
+    one that always picks the biased answer +1, one that always picks the other group -1."""
+    from workbench.evals import metrics as M
+    from workbench.evals.data import RowPolicy, find_files
+    from workbench.evals.loaders import LOADERS
+
+    frame = LOADERS["bbq"](find_files(data_dir, "bbq", ["bbq/*.jsonl"]), RowPolicy())
+    assert len(frame) == 11956 and frame.category.nunique() == 6
+    assert (frame.biased_options.map(len) == 1).all()
+    ambig = (frame.context_condition == "ambig").to_numpy()
+    biased = frame.biased_options.str[0].to_numpy()
+    unknown = frame.unknown_option.to_numpy()
+    other = 3 - biased - unknown  # the remaining option
+    for pred, s_dis, s_amb in ((frame.label.to_numpy(), 0.0, 0.0), (biased, 1.0, 1.0), (other, -1.0, -1.0)):
+        pred_biased, pred_unknown, correct = pred == biased, pred == unknown, pred == frame.label.to_numpy()
+        assert M.bias_score_disambig(pred_biased, pred_unknown, ambig) == pytest.approx(s_dis, abs=0.02)
+        assert M.bias_score_ambig(correct, pred_biased, pred_unknown, ambig) == pytest.approx(s_amb, abs=1e-9)

@@ -70,6 +70,8 @@ def test_bbq_bias_score_undefined_cases():
     assert math.isnan(M.bias_score_disambig(np.zeros(2, bool), np.ones(2, bool), ambig))
     # no biased answer among non-unknown ones: the formula's -1 (lm-eval would report 0)
     assert M.bias_score_disambig(np.zeros(2, bool), np.zeros(2, bool), ambig) == -1.0
+    # a perfect model on ambiguous contexts answers "unknown" every time: s_AMB = 0, not NaN
+    assert M.bias_score_ambig(np.ones(2, bool), np.zeros(2, bool), np.ones(2, bool), np.ones(2, bool)) == 0.0
     # empty category
     assert math.isnan(M.bias_score_ambig(np.zeros(2, bool), np.zeros(2, bool), np.zeros(2, bool), ambig))
     assert math.isnan(M.acc_where(np.array([1, 0], bool), ambig))
