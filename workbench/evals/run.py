@@ -30,6 +30,7 @@ def run_eval(
     errors: str = "raise",
     out: str | os.PathLike | None = None,
     progress: bool = True,
+    score_examples: Any = None,
     **params: Any,
 ) -> EvalResult:
     """Run one eval suite on a model and return its metrics, per-example samples and manifest.
@@ -44,6 +45,9 @@ def run_eval(
         errors: ``"raise"`` on a malformed data row, or ``"skip"`` it (counted in the manifest).
         out: if given, save the result there (see :meth:`EvalResult.save`).
         progress: show a progress bar.
+        score_examples: ``(model, spec, examples, progress=...) -> samples`` replacing the
+            in-process scoring of log-likelihood suites (``workbench.distributed`` passes one that
+            scores chunks of examples on Ray workers). Default: score here.
         **params: suite parameters (``mode="quick"`` and ``scorer=`` for ``toxicity``).
 
     >>> import workbench as wb
@@ -87,7 +91,7 @@ def run_eval(
         if limit is not None and limit < len(examples):
             examples = examples.sample(n=limit, random_state=seed).sort_index()
         examples = examples.reset_index(drop=True)
-        samples = score(model, spec, examples, progress=bool(progress))
+        samples = (score_examples or score)(model, spec, examples, progress=bool(progress))
         metrics = metrics_table(spec, samples, seed=seed, n_boot=N_BOOTSTRAP)
         skipped = policy.skipped
 
@@ -131,6 +135,7 @@ def run_suite(
     out: str | os.PathLike | None = None,
     progress: bool = True,
     on_result: Any = None,
+    score_examples: Any = None,
 ) -> SuiteResult:
     """Run a group of suites (``"safety"``, ``"quick"``) or a single suite as a group of one.
 
@@ -142,6 +147,7 @@ def run_suite(
     Args:
         limit: overrides each suite's limit from the group file (``None`` keeps them).
         on_result: called as ``on_result(suite_name, EvalResult, reused: bool)`` per suite.
+        score_examples: passed to :func:`run_eval` for every log-likelihood suite.
 
     >>> suite = wb.run_suite(model, "quick", out="runs/quick")     # doctest: +SKIP
     >>> suite.metrics.query("category == 'all'")                   # doctest: +SKIP
@@ -171,7 +177,8 @@ def run_suite(
         else:
             try:
                 res = run_eval(model, entry.suite, data_dir=data_dir, limit=suite_limit, seed=seed,
-                               errors=errors, out=sub, progress=progress, **entry.params)
+                               errors=errors, out=sub, progress=progress, score_examples=score_examples,
+                               **entry.params)
             except (MissingDataError, ImportError) as err:
                 missing_plugin = isinstance(err, ImportError) and "workbench.evals.toxicity" in str(err)
                 if not (entry.optional or missing_plugin):
