@@ -4,6 +4,7 @@ import filecmp
 import json
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -79,3 +80,45 @@ def test_cache_cli_on_ray(hf_folder, tmp_path):
     assert code == 0
     store = wb.ActivationStore.open(tmp_path / "store")
     assert len(store) == 12 and store.complete and len(json.loads((tmp_path / "store" / "manifest.json").read_text())["shards"]) == 3
+
+
+def test_ray_eval_equals_single_process(hf_folder, tmp_path, monkeypatch):
+    from workbench.distributed import run_suite_ray
+
+    # No data directory: the quick group is its two built-in suites (the data suites are optional).
+    monkeypatch.setenv("WORKBENCH_DATA", str(tmp_path / "no-data"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "no-data"))
+    model = wb.load_model(hf_folder[0], device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = wb.run_suite(model, "quick", limit=30, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert single.results, "the quick group scored nothing"
+    ray_run = run_suite_ray(str(hf_folder[0]), "quick", workers=2, chunk_size=7, device="cpu", model=model,
+                            limit=30, progress=False, out=tmp_path / "quick")
+    assert set(ray_run.results) == set(single.results)
+    for name, res in single.results.items():
+        other = ray_run.results[name]
+        assert other.samples["example_id"].tolist() == res.samples["example_id"].tolist()
+        assert other.samples["prediction"].tolist() == res.samples["prediction"].tolist()
+        a = np.concatenate([np.asarray(x, dtype=float).ravel() for x in res.samples["loglik"]])
+        b = np.concatenate([np.asarray(x, dtype=float).ravel() for x in other.samples["loglik"]])
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-4)
+        pd.testing.assert_frame_equal(other.metrics, res.metrics, atol=1e-6, check_exact=False)
+    assert (tmp_path / "quick" / "suite.json").is_file()
+    with model.steer(np.ones(64), layer=0, alpha=1.0), pytest.raises(WorkbenchError, match="steering"):
+        run_suite_ray(str(hf_folder[0]), "quick", model=model, progress=False)
+
+
+def test_eval_cli_on_ray(hf_folder, tmp_path, monkeypatch):
+    from workbench.cli import main
+
+    monkeypatch.setenv("WORKBENCH_DATA", str(tmp_path / "no-data"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "no-data"))
+    out = tmp_path / "run"
+    assert main(["eval", "--model", str(hf_folder[0]), "--suite", "true_false_facts", "--out", str(out),
+                 "--device", "cpu", "--ray", "local", "--workers", "2"]) == 0
+    res = wb.EvalResult.load(out / "true_false_facts")
+    assert len(res.samples) > 0 and "acc" in set(res.metrics["metric"])

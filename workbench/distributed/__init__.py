@@ -4,5 +4,6 @@ Multi-GPU placement of one model is ``wb.load_model(..., device_map="auto", max_
 """
 
 from workbench.distributed.cache import cache_activations_ray
+from workbench.distributed.evals import run_suite_ray
 
-__all__ = ["cache_activations_ray"]
+__all__ = ["cache_activations_ray", "run_suite_ray"]

@@ -30,6 +30,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default=None)
     p.add_argument("--list", action="store_true", help="list suites and groups, then exit")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="score on Ray: 'local' (a private instance here) or a cluster address ('auto', 'ray://host:10001')")
+    p.add_argument("--workers", type=int, default=2, help="Ray workers (one model replica each)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per Ray worker")
     p.set_defaults(run=cmd_eval)
     return p
 
@@ -63,8 +67,15 @@ def cmd_eval(args: argparse.Namespace, console: Console | None = None) -> int:
         note = " (reused from --out)" if reused else f" in {res.manifest.get('wall_time_s', 0):.1f} s"
         console.print(f"[green]done[/] {name}: {len(res.samples)} examples{note}")
 
-    result = run_suite(model, args.suite, data_dir=args.data_dir, limit=args.limit, seed=args.seed,
-                       errors=args.errors, out=args.out, progress=True, on_result=report)
+    options = dict(data_dir=args.data_dir, limit=args.limit, seed=args.seed, errors=args.errors, out=args.out,
+                   progress=True, on_result=report)
+    if args.ray:
+        from workbench.distributed.evals import run_suite_ray
+
+        result = run_suite_ray(args.model, args.suite, address=args.ray, workers=args.workers, threads=args.threads,
+                               device=args.device, model_dtype=args.dtype, model=model, **options)
+    else:
+        result = run_suite(model, args.suite, **options)
     console.print(summary_table(result))
     for name, why in result.skipped.items():
         short = why.split(" under ")[0] if "expected" in why else why  # the full message is in suite.json
