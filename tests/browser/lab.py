@@ -143,7 +143,7 @@ def cell_prompts(page) -> list[str]:
     return page.locator(".jp-CodeCell .jp-InputArea-prompt").all_text_contents()
 
 
-def run_all(page, lab: Lab, timeout: float = 240, on_timeout: Path | None = None) -> None:
+def run_all(page, lab: Lab, timeout: float = 420, on_timeout: Path | None = None) -> None:
     """Run every cell once the kernel is really there, and wait until each shows ``[n]:``."""
     # The toolbar says "idle" before the session exists; Run All sent earlier can be lost.
     wait_for(lab.kernel_ready, 60, "the notebook's kernel (idle, with a connection)", page, on_timeout=on_timeout)
