@@ -32,6 +32,7 @@ from workbench.probing import Direction, LinearProbe, MassMeanProbe, ProbeResult
 from workbench.store import ActivationStore, ShardedArray, StoreError, cache_activations
 from workbench import viz
 from workbench.viz import AttentionViewer, LogitLensViewer, ModelExplorer, ProbeExplorer, logit_lens
+from workbench.viz import PatchingExplorer
 
 __version__ = "0.1.0"
 
@@ -69,6 +70,7 @@ __all__ = [
     "ChecksumError",
     "HookedLlama",
     "ModelSource",
+    "PatchingExplorer",
     "ProbeExplorer",
     "ShardedArray",
     "StoreError",

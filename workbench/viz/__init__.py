@@ -16,6 +16,7 @@ from workbench.viz.logit_lens import (
     target_probability_figure,
 )
 from workbench.viz.model_explorer import activation_figure, info_html, search_catalogue
+from workbench.viz.patching_explorer import PatchingExplorer, patched_prediction
 from workbench.viz.probe_explorer import ProbeExplorer, probe_projection_figure
 from workbench.viz.probes import probe_accuracy_figure
 from workbench.viz.widgets import AttentionViewer, LogitLensViewer, ModelExplorer
@@ -25,6 +26,7 @@ __all__ = [
     "LogitLens",
     "LogitLensViewer",
     "ModelExplorer",
+    "PatchingExplorer",
     "ProbeExplorer",
     "activation_figure",
     "attention_head_grid",
@@ -35,6 +37,7 @@ __all__ = [
     "info_html",
     "logit_lens",
     "logit_lens_figure",
+    "patched_prediction",
     "probe_accuracy_figure",
     "probe_projection_figure",
     "residual_stack",

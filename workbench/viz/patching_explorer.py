@@ -1,0 +1,183 @@
+"""Patching explorer: run an activation-patching sweep from a widget, click a cell to see its prediction.
+
+The heatmap is :func:`~workbench.viz.patching.patch_figure` of the :func:`~workbench.patch_sweep`
+result the widget computed. Clicking a cell runs one more forward pass with only that cell
+patched (the same in-place hook the sweep uses), so the side panel shows what the model predicts
+then: its top next tokens, their probabilities, and the metric, which equals the heatmap cell's
+raw value.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import ipywidgets as w
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+
+from workbench.patching.metrics import evaluate_metric, logit_diff
+from workbench.patching.sites import SITES, get_site
+from workbench.patching.sweep import _patch_hook, paired_tokens, patch_sweep
+from workbench.viz._common import escape, guarded, refresh, set_status, token_label
+from workbench.viz.patching import patch_figure
+
+if TYPE_CHECKING:
+    from workbench.models.hooked import HookedLlama
+    from workbench.patching import PatchResult
+
+
+def patched_prediction(model: HookedLlama, result: PatchResult, clean, corrupt, metric, layer: int,
+                       column: int, k: int = 5) -> tuple[pd.DataFrame, float]:
+    """Top-``k`` next tokens when only one cell of a sweep is patched, and the metric then.
+
+    Args:
+        model: the model the sweep ran on.
+        result: the sweep's :class:`~workbench.patching.PatchResult` (site, mode, cell indices).
+        clean, corrupt: the prompts the sweep ran on.
+        metric: the sweep's metric.
+        layer: the cell's layer (a value of ``result.layers``).
+        column: the cell's position (``pos`` sites) or head (``head_out``); for
+            ``head_out_by_pos`` the position, patching every head there at once (what the
+            heatmap's per-position total shows).
+        k: next tokens listed.
+
+    Returns:
+        ``(frame, value)``: one row per token of the first prompt's next-token distribution at
+        the last position (``rank``, ``token``, ``prob``, ``unpatched_prob``), and the metric.
+
+    >>> top, value = patched_prediction(model, res, clean, corrupt, metric, layer=3, column=5)  # doctest: +SKIP
+    """
+    site = get_site(result.site)
+    clean_tokens, corrupt_tokens = paired_tokens(model, clean, corrupt)
+    base, source = (corrupt_tokens, clean_tokens) if result.mode == "denoise" else (clean_tokens, corrupt_tokens)
+    hook = site.hook_name(layer)
+    n_prompts = base.shape[0]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(source, names_filter=[hook])
+        if site.axes == ("pos", "head"):
+            cells = [(column, h) for h in range(model.cfg.n_heads)]
+            # All heads at one position: one hook per head, composed in one forward.
+            hooks = [(hook, _patch_hook(site, [cell], cache[hook], n_prompts)) for cell in cells]
+        else:
+            hooks = [(hook, _patch_hook(site, [(column,)], cache[hook], n_prompts))]
+        with model.hooks(hooks):
+            logits = model(base)
+        plain = model(base)
+    value = evaluate_metric(metric, logits)
+    probs = logits[0, -1].float().softmax(-1)
+    before = plain[0, -1].float().softmax(-1)
+    top = probs.topk(k)
+    frame = pd.DataFrame({
+        "rank": range(1, k + 1),
+        "token": [model.to_string(torch.tensor([i])) for i in top.indices.tolist()],
+        "prob": top.values.tolist(),
+        "unpatched_prob": before[top.indices].tolist(),
+    })
+    return frame, value
+
+
+class PatchingExplorer(w.VBox):
+    """Clean/corrupt prompts, a logit-difference metric and a site; a sweep heatmap to click.
+
+    The metric is ``logit[answer] - logit[wrong]`` at the last position (``wb.logit_diff``).
+    ``Run`` runs :func:`~workbench.patch_sweep` with its progress bar in the widget; clicking a
+    heatmap cell shows the model's prediction with only that cell patched.
+
+    Args:
+        model: the hooked model.
+        clean, corrupt: the prompt pair (same number of tokens).
+        answer, wrong: single tokens; note the leading space (``" Mary"``).
+        site: a patching site (``wb.patching.SITES``).
+        layers: restrict the sweep to these layers (default: all).
+        k: next tokens shown for a clicked cell.
+        run: run the sweep at once (otherwise on ``Run``).
+
+    >>> explorer = wb.PatchingExplorer(model, "When Mary and John went to the store, John gave a drink to",
+    ...                                "When Mary and John went to the store, Mary gave a drink to",
+    ...                                answer=" Mary", wrong=" John")               # doctest: +SKIP
+    >>> explorer.site.value = "attn_out"; explorer.run_button.click()             # doctest: +SKIP
+    """
+
+    def __init__(self, model: HookedLlama, clean: str = "", corrupt: str = "", answer: str = "", wrong: str = "",
+                 site: str = "resid_pre", layers=None, k: int = 5, run: bool = True):
+        self.model = model
+        self.layers = None if layers is None else list(layers)
+        self.k = int(k)
+        wide = w.Layout(width="98%")
+        self.clean = w.Text(value=clean, description="clean", layout=wide)
+        self.corrupt = w.Text(value=corrupt, description="corrupt", layout=wide)
+        self.answer = w.Text(value=answer, description="answer")
+        self.wrong = w.Text(value=wrong, description="wrong")
+        self.site = w.Dropdown(options=list(SITES), value=site, description="site")
+        self.run_button = w.Button(description="Run sweep", button_style="primary", icon="play")
+        self.progress = w.Output()  # tqdm.auto draws its bar here (an ipywidgets bar in a notebook)
+        self.status = w.HTML()
+        self.heatmap = go.FigureWidget()
+        self.detail = w.HTML(layout=w.Layout(width="32%", padding="0 0 0 1em"))
+        self.result: PatchResult | None = None
+        self.selected: dict | None = None  # the last clicked cell: layer, column, value, top
+        self._run_inputs = None
+        self.run_button.on_click(lambda _: guarded(self.status, self.run))
+        self.heatmap.layout.width = None
+        body = w.HBox([w.Box([self.heatmap], layout=w.Layout(width="68%")), self.detail])
+        super().__init__([self.clean, self.corrupt, w.HBox([self.answer, self.wrong, self.site, self.run_button]),
+                          self.progress, self.status, body])
+        self.add_class("wb-patching-explorer")
+        if run and clean and corrupt and answer and wrong:
+            guarded(self.status, self.run)
+
+    def run(self) -> None:
+        """Run the sweep with the current controls and redraw the heatmap."""
+        clean, corrupt = self.clean.value, self.corrupt.value
+        if not clean.strip() or not corrupt.strip():
+            raise ValueError("enter both a clean and a corrupted prompt")
+        metric = logit_diff(self.model, self.answer.value, self.wrong.value)
+        set_status(self.status, f"patching {self.site.value}…")
+        self.progress.clear_output()
+        with self.progress:
+            result = patch_sweep(self.model, clean, corrupt, metric, site=self.site.value, layers=self.layers,
+                                 progress=True)
+        self.result = result
+        self._run_inputs = (clean, corrupt, metric)
+        refresh(self.heatmap, patch_figure(result))
+        self.heatmap.data[0].on_click(self._clicked)
+        self.detail.value = "<i>click a cell to see the prediction with only that cell patched</i>"
+        set_status(self.status, f"{result.metric_name}: clean {result.clean_value:.3f}, "
+                                f"corrupted {result.corrupt_value:.3f}; {result.values.numel()} cells")
+
+    def _clicked(self, trace, points, state) -> None:
+        if points is None or not points.xs:
+            return
+        x, y = list(trace.x), list(trace.y)
+        guarded(self.status, lambda: self.select(y.index(points.ys[0]), x.index(points.xs[0])))
+
+    def select(self, row: int, column: int) -> pd.DataFrame:
+        """Show the prediction with the cell at heatmap ``row`` (layer) and ``column`` patched."""
+        if self.result is None:
+            raise ValueError("run the sweep first")
+        res = self.result
+        clean, corrupt, metric = self._run_inputs
+        layer = res.layers[row]
+        index = res.heads[column] if res.axes == ("head",) else res.positions[column]
+        top, value = patched_prediction(self.model, res, clean, corrupt, metric, layer, index, k=self.k)
+        if res.axes == ("head",):
+            where = f"layer {layer}, head {index} (all positions)"
+        else:
+            heads = ", all heads" if res.axes == ("pos", "head") else ""
+            where = (f"layer {layer}, position {index} "
+                     f"('{token_label(res.clean_tokens[index])}' / '{token_label(res.corrupt_tokens[index])}'{heads})")
+        patched_from = "clean" if res.mode == "denoise" else "corrupted"
+        rows = "".join(f"<tr><td>{r.rank}</td><td><code>'{token_label(r.token)}'</code></td>"
+                       f"<td style='text-align:right'>{r.prob:.3f}</td>"
+                       f"<td style='text-align:right;color:#777'>{r.unpatched_prob:.3f}</td></tr>"
+                       for r in top.itertuples())
+        self.detail.value = (
+            f"<b>patched: {escape(res.site)}</b> at {where}, from the {patched_from} run<br>"
+            f"{escape(res.metric_name)} = <b>{value:.3f}</b> (clean {res.clean_value:.3f}, "
+            f"corrupted {res.corrupt_value:.3f})<br>"
+            "<table><tr><th>#</th><th>next token</th><th>p patched</th><th>p before</th></tr>"
+            f"{rows}</table>"
+        )
+        self.selected = {"layer": layer, "column": index, "value": value, "top": top}
+        return top
