@@ -32,7 +32,7 @@ from workbench.probing import Direction, LinearProbe, MassMeanProbe, ProbeResult
 from workbench.store import ActivationStore, ShardedArray, StoreError, cache_activations
 from workbench import viz
 from workbench.viz import AttentionViewer, LogitLensViewer, ModelExplorer, ProbeExplorer, logit_lens
-from workbench.viz import PatchingExplorer
+from workbench.viz import PatchingExplorer, SteeringGenerator
 
 __version__ = "0.1.0"
 
@@ -73,6 +73,7 @@ __all__ = [
     "PatchingExplorer",
     "ProbeExplorer",
     "ShardedArray",
+    "SteeringGenerator",
     "StoreError",
     "VerifyReport",
     "WorkbenchError",

@@ -19,6 +19,7 @@ from workbench.viz.model_explorer import activation_figure, info_html, search_ca
 from workbench.viz.patching_explorer import PatchingExplorer, patched_prediction
 from workbench.viz.probe_explorer import ProbeExplorer, probe_projection_figure
 from workbench.viz.probes import probe_accuracy_figure
+from workbench.viz.steering_widget import SteeringGenerator
 from workbench.viz.widgets import AttentionViewer, LogitLensViewer, ModelExplorer
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "ModelExplorer",
     "PatchingExplorer",
     "ProbeExplorer",
+    "SteeringGenerator",
     "activation_figure",
     "attention_head_grid",
     "attention_heatmap",
