@@ -32,7 +32,7 @@ from workbench.probing import Direction, LinearProbe, MassMeanProbe, ProbeResult
 from workbench.store import ActivationStore, ShardedArray, StoreError, cache_activations
 from workbench import viz
 from workbench.viz import AttentionViewer, LogitLensViewer, ModelExplorer, ProbeExplorer, logit_lens
-from workbench.viz import PatchingExplorer, SteeringGenerator
+from workbench.viz import EvalDashboard, PatchingExplorer, SteeringGenerator
 
 __version__ = "0.1.0"
 
@@ -59,6 +59,7 @@ __all__ = [
     "token_alignment",
     "token_prob",
     "AttentionViewer",
+    "EvalDashboard",
     "LogitLensViewer",
     "ModelExplorer",
     "Direction",

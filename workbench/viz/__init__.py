@@ -7,6 +7,7 @@ controls and run model work in the kernel when a control changes.
 
 from workbench.viz._common import escape, token_labels
 from workbench.viz.attention import attention_head_grid, attention_heatmap, attention_patterns
+from workbench.viz.eval_dashboard import EvalDashboard, compare_category_figure, compare_metrics_figure, drilldown
 from workbench.viz.logit_lens import (
     LogitLens,
     decode_residual,
@@ -24,6 +25,7 @@ from workbench.viz.widgets import AttentionViewer, LogitLensViewer, ModelExplore
 
 __all__ = [
     "AttentionViewer",
+    "EvalDashboard",
     "LogitLens",
     "LogitLensViewer",
     "ModelExplorer",
@@ -34,7 +36,10 @@ __all__ = [
     "attention_head_grid",
     "attention_heatmap",
     "attention_patterns",
+    "compare_category_figure",
+    "compare_metrics_figure",
     "decode_residual",
+    "drilldown",
     "escape",
     "info_html",
     "logit_lens",
