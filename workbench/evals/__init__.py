@@ -50,8 +50,20 @@ and, for log-likelihood suites (everything but ``toxicity``):
     prediction   int          argmax of ``loglik`` (ties -> the lowest index)
     correct      bool         prediction == label
 
-plus suite-specific columns (``bias_type``, ``context_condition``, ``pronoun_group``,
-``gotcha``, ``target``, ``biased``, ...). ``toxicity`` samples (see
+plus suite-specific columns:
+
+    crows_pairs    ll_more, ll_less, bias_type, stereo_antistereo
+    bbq            context_condition, question_polarity, ambig, disambig, unknown_option,
+                   biased_options (list), pred_unknown, pred_biased
+    winogender     gender, gotcha_split ("gotcha" / "not_gotcha" / None for neutral pronouns),
+                   occupation, participant, pronoun, bls_pct_female
+    winobias       stereotype ("pro" / "anti"), type, split, pronoun, pro, anti
+    truthfulqa_mc  mc1, mc2 (per question), mc2_choices, mc2_loglik, mc2_labels (``choices`` /
+                   ``loglik`` are the MC1 targets)
+    toxigen        target_group, text
+    two-choice built-ins   ll_first, ll_second, ll_diff
+
+``toxicity`` samples (see
 :mod:`workbench.evals.toxicity`) carry ``example_id``, ``suite``, ``category`` and their own
 columns (prompt, continuations, scores).
 
