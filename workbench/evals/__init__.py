@@ -73,8 +73,10 @@ columns (prompt, continuations, scores).
     model        {"name", "format", "path", "fingerprint", "dtype", "device"}
     data         {"dir", "files": [{"path" (relative to dir), "sha256", "bytes"}]}
     params       {"limit", "seed", "errors", "n_bootstrap"} plus suite params (e.g. "mode")
-    skipped      {"<file>": {"rows": n, "lines": [line numbers]}}   malformed rows skipped
+    skipped      {"<file>": {"rows": n, "lines": [line numbers], "problems": [first 20]}}
+    n_skipped    int   malformed rows skipped in all (errors="skip"; 0 otherwise)
     n_examples   int
+    loglik       null (toxicity), or {"convention", "delimiter"}: how contexts were tokenized
     scorer       null, or the toxicity scorer's description (name, version, scale note)
     sampling     null, or sampling parameters (top_p, max_new_tokens, k, seed)
     interventions  model.active_interventions() at run time ([] when none)
