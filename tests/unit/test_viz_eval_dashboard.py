@@ -132,3 +132,15 @@ def test_a_real_run_on_the_tiny_model(tiny_model, tmp_path):
     assert dash.table.value.count("<tr>") == 1 + len(margins)
     dash.category.value = "<b>odd</b>"  # dropdown options are plain text; figures and tables escape
     assert list(dash.categories.data[0].x) == ["all", "&lt;b&gt;odd&lt;/b&gt;"]
+
+
+def test_undefined_values_reach_the_widget_as_json_null():
+    import json
+
+    run = crows()
+    run.metrics.loc[2, ["value", "ci_low", "ci_high"]] = float("nan")  # an empty category: undefined
+    dash = wb.EvalDashboard(run)
+    trace = dash.categories.data[0]
+    assert list(trace.y) == [0.75, 1.0, None]
+    json.dumps(dash.categories.to_plotly_json(), allow_nan=False)  # strict JSON, as the browser needs
+    json.dumps(dash.overview.to_plotly_json(), allow_nan=False)

@@ -53,6 +53,19 @@ def load_runs(run: Any) -> dict[str, _Suite]:
     raise TypeError(f"run: expected an EvalResult, a SuiteResult or a run folder, got {type(run).__name__}")
 
 
+def _json_safe(fig: go.Figure) -> go.Figure:
+    """NaN (an undefined metric or CI) as None: a widget's state goes to the browser as strict JSON."""
+    for trace in fig.data:
+        for attr in ("y", "customdata"):
+            values = getattr(trace, attr, None)
+            if values is None:
+                continue
+            array = np.asarray(values, dtype=float)
+            if np.isnan(array).any():
+                setattr(trace, attr, np.where(np.isnan(array), None, array).tolist())
+    return fig
+
+
 def _metrics(suites: Mapping[str, _Suite]) -> pd.DataFrame:
     return pd.concat([s.metrics for s in suites.values()], ignore_index=True)
 
@@ -218,8 +231,8 @@ class EvalDashboard(w.VBox):
         self.what = w.HTML()
         self.table = w.HTML()
         tables = {label: _metrics(suites) for label, suites in self.runs.items()}
-        refresh(self.overview, eval_metrics_figure(tables[self.labels[0]]) if len(tables) == 1
-                else compare_metrics_figure(tables))
+        refresh(self.overview, _json_safe(eval_metrics_figure(tables[self.labels[0]]) if len(tables) == 1
+                                          else compare_metrics_figure(tables)))
         self.suite.observe(lambda _: guarded(self.status, self._set_suite), names="value")
         self.metric.observe(lambda _: guarded(self.status, self._draw), names="value")
         self.category.observe(lambda _: guarded(self.status, self._draw), names="value")
@@ -255,7 +268,7 @@ class EvalDashboard(w.VBox):
             fig = eval_category_figure(metrics, metric, suite=name)
         else:
             fig = compare_category_figure({label: s.metrics for label, s in present.items()}, metric, name, keep)
-        refresh(self.categories, fig)
+        refresh(self.categories, _json_safe(fig))
         base = present[self.labels[0]]
         what, frame = drilldown(base.samples, name, category, top=self.top)
         compare = None
