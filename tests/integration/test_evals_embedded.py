@@ -19,7 +19,7 @@ RANGES = {"pct_stereotype": (0, 1), "likelihood_diff": (0, math.inf), "acc": (0,
 
 
 def direct_hf(model, context, continuation):
-    enc = encode_pair(model.tokenizer, context, continuation)
+    enc = encode_pair(model.tokenizer, context, continuation, add_bos=model.tokenizer_adds_bos)
     ids = torch.tensor([list(enc.context + enc.continuation)])
     with torch.no_grad():
         logprobs = F.log_softmax(model.hf_model(ids).logits.float(), dim=-1)[0]
@@ -102,7 +102,14 @@ def test_scores_equal_lm_evaluation_harness(embedded, data_dir):
         for example in frame.head(n).to_dict("records"):
             context, lists = render(spec, example)
             requests += [(context, c) for c in lists[0][:2]]
-    lm = HFLM(pretrained=embedded.hf_model, tokenizer=embedded.tokenizer, batch_size=4, device="cpu")
+    # lm-eval as a user runs it: the model folder's own tokenizer (not the bridge's copy, which
+    # TransformerLens switches to always prepend BOS).
+    from transformers import AutoTokenizer
+
+    from workbench.models.embedded import converted_embedded_model
+
+    folder_tokenizer = AutoTokenizer.from_pretrained(converted_embedded_model(embedded.source.fingerprint))
+    lm = HFLM(pretrained=embedded.hf_model, tokenizer=folder_tokenizer, batch_size=4, device="cpu")
     ref = lm.loglikelihood([Instance("loglikelihood", {}, r, i) for i, r in enumerate(requests)], disable_tqdm=True)
     ours = wb.evals.loglikelihood(embedded, requests)
     np.testing.assert_allclose([ll for ll, _ in ours], [ll for ll, _ in ref], atol=1e-3, rtol=0)

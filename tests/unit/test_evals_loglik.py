@@ -16,7 +16,7 @@ REQUESTS = [
 
 def direct_hf(model, context, continuation):
     """Oracle: one unbatched forward of model.hf_model on lm-eval's token ids."""
-    enc = encode_pair(model.tokenizer, context, continuation)
+    enc = encode_pair(model.tokenizer, context, continuation, add_bos=model.tokenizer_adds_bos)
     ids = torch.tensor([list(enc.context + enc.continuation)])
     with torch.no_grad():
         logprobs = F.log_softmax(model.hf_model(ids).logits.float(), dim=-1)[0]
@@ -106,3 +106,14 @@ def test_one_token_options_share_one_row(tiny_model):
     assert widths == [(2, 6)]  # two distinct inputs (with BOS), one forward
     for (context, continuation), (ll, _) in zip(requests, got):
         assert ll == pytest.approx(direct_hf(tiny_model, context, continuation)[0], abs=1e-4)
+
+
+def test_encode_pair_follows_the_checkpoint_tokenizers_own_bos_default(tiny_model):
+    # The bridge's tokenizer always prepends BOS; lm-eval, loading the model folder, follows the
+    # folder tokenizer's default, which load_model records before the bridge changes it.
+    tok = tiny_model.tokenizer
+    assert tiny_model.tokenizer_adds_bos is True  # this tiny tokenizer's template prepends <s>
+    plain = tok("the cat", add_special_tokens=False)["input_ids"]
+    assert list(encode_pair(tok, "the cat", " sat", add_bos=False).context) == plain
+    assert list(encode_pair(tok, "the cat", " sat", add_bos=True).context) == [tok.bos_token_id] + plain
+    assert list(encode_pair(tok, "<s> the cat", " sat", add_bos=True).context) == tok("<s> the cat", add_special_tokens=False)["input_ids"]

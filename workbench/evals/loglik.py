@@ -5,9 +5,10 @@ Conventions follow lm-evaluation-harness's Hugging Face backend (``HFLM`` /
 so scores are the same as its on the same model and tokenizer:
 
 * the context's trailing whitespace moves to the start of the continuation;
-* a non-empty context is encoded with the tokenizer's own default special tokens (so a
-  tokenizer that prepends BOS, like the embedded SmolLM2's, gets one; a text that already
-  starts with the BOS string gets none added);
+* a non-empty context is encoded with the checkpoint's own tokenizer default: BOS prepended only
+  if the checkpoint's tokenizer adds it (LLaMA's SentencePiece does; the embedded SmolLM2's does
+  not, although the TransformerLens bridge's copy of it always does); a text that already starts
+  with the BOS string gets none added;
 * continuation tokens are those of ``tok(context + continuation)`` after the context's own
   tokens (BPE merges across the boundary are honoured as lm-eval does);
 * an empty context becomes the single prefix token (BOS, else EOS) and the continuation is
@@ -44,13 +45,22 @@ class Encoded:
     continuation: tuple[int, ...]
 
 
-def encode_pair(tokenizer: Any, context: str, continuation: str) -> Encoded:
+def encode_pair(tokenizer: Any, context: str, continuation: str, add_bos: bool | None = None) -> Encoded:
     """Token ids of ``(context, continuation)`` as lm-evaluation-harness's HF backend makes them.
 
-    >>> enc = encode_pair(model.tokenizer, "Q: 2+2?\\nA:", " 4")   # doctest: +SKIP
+    Args:
+        add_bos: whether the checkpoint's own tokenizer prepends BOS by default (what lm-eval sees
+            when it loads the model folder; ``model.tokenizer_adds_bos``). The bridge's
+            ``model.tokenizer`` always prepends it, so pass this for a model loaded through
+            workbench; ``None`` uses ``tokenizer``'s current default.
+
+    >>> enc = encode_pair(model.tokenizer, "Q: 2+2?\\nA:", " 4", add_bos=model.tokenizer_adds_bos)   # doctest: +SKIP
     """
 
     def tok(text: str, special: bool | None = None) -> list[int]:
+        if special is None and add_bos is not None:
+            ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+            return [int(prefix)] + ids if add_bos and prefix is not None else ids
         kwargs = {} if special is None else {"add_special_tokens": special}
         return list(tokenizer(text, **kwargs)["input_ids"])
 
@@ -104,7 +114,8 @@ def loglikelihood(
     >>> loglikelihood(model, [("The capital of France is", " Paris")])   # doctest: +SKIP
     [(-2.31, 1)]
     """
-    encoded = [encode_pair(model.tokenizer, c, x) for c, x in requests]
+    add_bos = getattr(model, "tokenizer_adds_bos", None)
+    encoded = [encode_pair(model.tokenizer, c, x, add_bos=add_bos) for c, x in requests]
     for (context, continuation), enc in zip(requests, encoded):
         if not enc.continuation:
             raise ValueError(f"empty continuation for context {context[-60:]!r}: nothing to score")

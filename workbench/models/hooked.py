@@ -64,6 +64,9 @@ class HookedLlama:
         # Descriptions of the steering / ablation contexts now open (innermost last); eval
         # manifests record them so a result says which interventions produced it.
         self._interventions: list[dict[str, Any]] = []
+        # Whether the checkpoint's own tokenizer prepends BOS by default (TransformerLens makes the
+        # bridge's tokenizer always do so); eval conventions follow the checkpoint's default.
+        self.tokenizer_adds_bos: bool | None = None
 
     # --- running --------------------------------------------------------------------------
 

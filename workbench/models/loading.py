@@ -103,12 +103,26 @@ def load_model(
     elif not getattr(hf_model, "hf_device_map", None):
         hf_model = _dispatch(hf_model, placement)  # loaders that cannot place layers themselves
     hf_model.eval()
+    # Read before the bridge boots: TransformerLens switches the tokenizer to always prepend BOS,
+    # while evaluation conventions (lm-evaluation-harness) follow the checkpoint's own default.
+    adds_bos = tokenizer_adds_bos(tokenizer)
     bridge = _boot_bridge(hf_model, tokenizer, torch_dtype)
     if fast_attention:
         from workbench.models.fast_attention import enable_sdpa_when_unhooked
 
         enable_sdpa_when_unhooked(bridge)
-    return HookedLlama(bridge, hf_model, source_info)
+    model = HookedLlama(bridge, hf_model, source_info)
+    model.tokenizer_adds_bos = adds_bos
+    return model
+
+
+def tokenizer_adds_bos(tokenizer) -> bool:
+    """Whether ``tokenizer(text)`` prepends its BOS token by default."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[0] == bos
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
