@@ -91,3 +91,16 @@ def test_prompt_text_is_escaped(tiny_model):
     assert "<unk>" not in labels and "&lt;unk&gt;" in labels
     _click(explorer, row=0, column=1)
     assert "<unk>" not in explorer.detail.value
+
+
+def test_a_precomputed_sweep_is_shown_as_is(tiny_model):
+    metric = wb.logit_diff(tiny_model, " house", " mat")
+    res = wb.patch_sweep(tiny_model, CLEAN, CORRUPT, metric, site="mlp_out", layers=[1, 2], progress=False)
+    explorer = wb.PatchingExplorer(tiny_model, CLEAN, CORRUPT, answer=" house", wrong=" mat", result=res)
+    assert explorer.result is res and explorer.site.value == "mlp_out"
+    _click(explorer, row=0, column=4)
+    assert explorer.selected["value"] == pytest.approx(res.raw[0, 4].item(), abs=1e-4)
+    with pytest.raises(ValueError, match="metric"):
+        wb.PatchingExplorer(tiny_model, CLEAN, CORRUPT, answer=" mat", wrong=" house", result=res)
+    with pytest.raises(ValueError, match="another clean prompt"):
+        wb.PatchingExplorer(tiny_model, CORRUPT, CLEAN, answer=" house", wrong=" mat", result=res)

@@ -92,6 +92,8 @@ class PatchingExplorer(w.VBox):
         layers: restrict the sweep to these layers (default: all).
         k: next tokens shown for a clicked cell.
         run: run the sweep at once (otherwise on ``Run``).
+        result: a sweep already computed for these prompts, answer and wrong tokens (shown
+            without running it again; ``Run`` recomputes).
 
     >>> explorer = wb.PatchingExplorer(model, "When Mary and John went to the store, John gave a drink to",
     ...                                "When Mary and John went to the store, Mary gave a drink to",
@@ -100,7 +102,8 @@ class PatchingExplorer(w.VBox):
     """
 
     def __init__(self, model: HookedLlama, clean: str = "", corrupt: str = "", answer: str = "", wrong: str = "",
-                 site: str = "resid_pre", layers=None, k: int = 5, run: bool = True):
+                 site: str = "resid_pre", layers=None, k: int = 5, run: bool = True,
+                 result: PatchResult | None = None):
         self.model = model
         self.layers = None if layers is None else list(layers)
         self.k = int(k)
@@ -124,8 +127,22 @@ class PatchingExplorer(w.VBox):
         super().__init__([self.clean, self.corrupt, w.HBox([self.answer, self.wrong, self.site, self.run_button]),
                           self.progress, self.status, body])
         self.add_class("wb-patching-explorer")
-        if run and clean and corrupt and answer and wrong:
+        if result is not None:
+            self._adopt(result)
+        elif run and clean and corrupt and answer and wrong:
             guarded(self.status, self.run)
+
+    def _adopt(self, result: PatchResult) -> None:
+        # A result from other prompts or another metric would make clicked cells disagree with the heatmap.
+        metric = logit_diff(self.model, self.answer.value, self.wrong.value)
+        if result.metric_name != metric.__name__:
+            raise ValueError(f"result: its metric is {result.metric_name}, but answer/wrong give {metric.__name__}")
+        for name, prompt, tokens in (("clean", self.clean.value, result.clean_tokens),
+                                     ("corrupt", self.corrupt.value, result.corrupt_tokens)):
+            if self.model.to_str_tokens(prompt) != list(tokens):
+                raise ValueError(f"result: it was computed for another {name} prompt ({''.join(tokens)!r})")
+        self.site.value = result.site
+        self._show(result, (self.clean.value, self.corrupt.value, metric))
 
     def run(self) -> None:
         """Run the sweep with the current controls and redraw the heatmap."""
@@ -138,8 +155,11 @@ class PatchingExplorer(w.VBox):
         with self.progress:
             result = patch_sweep(self.model, clean, corrupt, metric, site=self.site.value, layers=self.layers,
                                  progress=True)
+        self._show(result, (clean, corrupt, metric))
+
+    def _show(self, result: PatchResult, inputs: tuple) -> None:
         self.result = result
-        self._run_inputs = (clean, corrupt, metric)
+        self._run_inputs = inputs
         refresh(self.heatmap, patch_figure(result))
         self.heatmap.data[0].on_click(self._clicked)
         self.detail.value = "<i>click a cell to see the prediction with only that cell patched</i>"
