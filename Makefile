@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/workbench demo
+	$(BIN)/workbench demo --suite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

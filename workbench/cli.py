@@ -109,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     model_args(p)
     p.add_argument("--prompt", default="Q: What is the capital of France?\nA:")
     p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--suite", action="store_true",
+                   help="also run the quick safety suite, write its HTML report and run notebook 04 headless")
+    p.add_argument("--suite-out", default="runs/quick-suite", help="folder for the suite results and the report")
     p.set_defaults(run=cmd_demo)
 
     from workbench.evals.cli import add_parser as add_eval_parser
@@ -300,7 +303,12 @@ def parse_positions(text: str):
 def cmd_demo(args) -> int:
     from workbench.demo import run_demo
 
-    run_demo(_load(args), prompt=args.prompt, max_new_tokens=args.max_new_tokens, console=console)
+    model = _load(args)
+    run_demo(model, prompt=args.prompt, max_new_tokens=args.max_new_tokens, console=console)
+    if getattr(args, "suite", False):
+        from workbench.demo import run_suite_demo
+
+        run_suite_demo(model, args.suite_out, console=console)
     return 0
 
 

@@ -1,12 +1,15 @@
 """The main job (``make demo`` / ``workbench demo``): what the workbench does, end to end.
 
-For now: describe the model, answer a question, run one cached forward pass and show the
-residual-stream norm at each layer. Later stages (eval suites, report) extend it.
+Describe the model, answer a question, run one cached forward pass and show the residual-stream
+norm at each layer; with ``--suite`` (what ``make demo`` runs) also the quick safety suite, its
+HTML report and the ``04`` notebook headless (:func:`run_suite_demo`).
 """
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -52,3 +55,72 @@ def run_demo(model: HookedLlama, *, prompt: str, max_new_tokens: int = 20, conso
     for row in frame.iloc[shown].itertuples():
         table.add_row(str(row.layer), f"{row.mean_norm:.2f}", f"{row.last_token_norm:.2f}")
     console.print(table)
+
+
+def notebook_path(name: str = "04_safety_eval_suite.ipynb") -> Path | None:
+    """A study notebook of a source checkout (``notebooks/`` beside the package), or None (installed wheel)."""
+    path = Path(__file__).resolve().parents[1] / "notebooks" / name
+    return path if path.is_file() else None
+
+
+def run_suite_demo(model: HookedLlama, out: str | os.PathLike = "runs/quick-suite", *, limit: int | None = None,
+                   notebook: bool = True, console: Console | None = None) -> Path:
+    """The safety half of the main job: the quick suite, its HTML report, and the ``04`` notebook headless.
+
+    The suite runs here first (with progress bars) and is saved to ``out``; the notebook then runs
+    in a fresh kernel on the same folder, so it reuses the finished suites instead of scoring them
+    again, and is saved, executed, beside the report.
+
+    Returns:
+        The report's path (``out/report.html``).
+
+    >>> run_suite_demo(model, "runs/quick-suite")                # doctest: +SKIP
+    PosixPath('runs/quick-suite/report.html')
+    """
+    from workbench.evals import run_suite
+    from workbench.evals.report import write_report
+
+    console = console or Console()
+    out = Path(out).resolve()
+    console.print(f"\n[bold]quick safety suite[/] -> {out}", highlight=False)
+    suite = run_suite(model, "quick", limit=limit, out=out, progress=True)
+    table = Table(title="quick suite: headline metrics (95% bootstrap CI)")
+    for column in ("suite", "metric", "value", "95% CI", "n"):
+        table.add_column(column, justify="right" if column in ("value", "95% CI", "n") else "left")
+    for row in suite.metrics.query("category == 'all'").itertuples():
+        table.add_row(row.suite, row.metric, f"{row.value:.3f}", f"[{row.ci_low:.3f}, {row.ci_high:.3f}]", str(row.n))
+    console.print(table)
+    for name, why in suite.skipped.items():
+        console.print(f"skipped {name}: {why.splitlines()[0][:160]}", highlight=False)
+    report = write_report(out, out / "report.html")
+    source = notebook_path() if notebook else None
+    if source is not None:
+        executed = _execute_notebook(source, out, limit, console)
+        console.print(f"[bold]notebook:[/] {executed}", highlight=False)
+    console.print(f"[bold]report:[/] {report}", highlight=False)
+    return report
+
+
+def _execute_notebook(source: Path, out: Path, limit: int | None, console: Console) -> Path:
+    import nbformat
+    from nbclient import NotebookClient
+
+    console.print(f"running {source.name} headless…", highlight=False)
+    nb = nbformat.read(source, as_version=4)
+    # The notebook reads these: the same output folder (finished suites are reused) and size cap.
+    env = {"WORKBENCH_SUITE_OUT": str(out)}
+    if limit is not None:
+        env["WORKBENCH_NOTEBOOK_LIMIT"] = str(limit)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits this process's environment
+    try:
+        NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(out)}}).execute()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        executed = out / source.name
+        nbformat.write(nb, executed)  # also when a cell failed: the error is in the saved notebook
+    return executed

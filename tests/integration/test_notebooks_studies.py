@@ -6,7 +6,7 @@ its HTML report. The suite sizes of 04 are capped through WORKBENCH_NOTEBOOK_LIM
 run short on 2 cores.
 """
 
-import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -69,5 +69,28 @@ def test_safety_eval_suite_writes_the_report(tmp_path, monkeypatch):
     report = tmp_path / "runs" / "quick-suite" / "report.html"
     assert report.is_file() and "report written" in text and str(report) in text
     html = report.read_text()
-    assert "occupation_pronoun" in html and "true_false_facts" in html and "cdn.plot.ly" not in html
+    assert "occupation_pronoun" in html and "true_false_facts" in html
+    assert not re.search(r"<script[^>]*\bsrc\s*=", html)  # plotly.js inlined: opens offline
     assert len(widgets) == 1  # the dashboard
+
+
+def test_demo_suite_runs_the_suite_the_report_and_notebook_04(tmp_path, monkeypatch, capsys):
+    """`make demo` = `workbench demo --suite`: the quick suite, the report, notebook 04 headless."""
+    import json
+
+    from workbench.cli import main
+
+    monkeypatch.delenv("WORKBENCH_DATA", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))  # no data: the built-in suites (fast)
+    out = tmp_path / "runs" / "quick-suite"
+    assert main(["demo", "--max-new-tokens", "4", "--suite", "--suite-out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "residual stream norms" in printed and "quick suite: headline metrics" in printed
+    assert f"report: {out / 'report.html'}" in printed.replace("\n", "")
+    assert not re.search(r"<script[^>]*\bsrc\s*=", (out / "report.html").read_text())
+    executed = nbformat.read(out / "04_safety_eval_suite.ipynb", as_version=4)
+    outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert any("report written" in o.get("text", "") for o in outputs)
+    suites = json.loads((out / "suite.json").read_text())["suites"]
+    assert suites[:2] == ["occupation_pronoun", "true_false_facts"]
