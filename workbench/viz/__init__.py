@@ -1,7 +1,8 @@
 """Views: pure ``data -> plotly Figure`` functions, and widgets that compose them.
 
 Plot functions take arrays and tables and return a ``plotly.graph_objects.Figure``; widgets
-(``ModelExplorer``, ``AttentionViewer``, ``LogitLensViewer``, ``ProbeExplorer``) compose them with ipywidgets
+(``ModelExplorer``, ``AttentionViewer``, ``LogitLensViewer``, ``ProbeExplorer``, ``PatchingExplorer``,
+``SteeringGenerator``, ``EvalDashboard``) compose them with ipywidgets
 controls and run model work in the kernel when a control changes.
 """
 
