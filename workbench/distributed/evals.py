@@ -65,7 +65,6 @@ def run_suite_ray(
     if driver_model.active_interventions():
         raise WorkbenchError("Ray workers cannot see steering/ablation contexts opened on this process's model; "
                              "run the eval in-process (without --ray) to evaluate under interventions")
-    progress = run_suite_kwargs.get("progress", True)
 
     with connect(ray, address, num_cpus=workers * threads):
         task = ray.remote(_score_chunk).options(
