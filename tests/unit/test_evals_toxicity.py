@@ -321,3 +321,30 @@ def test_run_toxicity_resumes_after_sigkill_and_a_torn_line(tiny_model, hf_folde
     progress.write_text("\n".join(lines) + "\n")
     with pytest.raises(WorkbenchError, match=r"line 4: unreadable"):
         tox.run_toxicity(tiny_model, data, scorer=WordScorer(), out=out, **kw)
+
+
+def test_nucleus_sample_hand_computed():
+    """p = [.5, .3, .15, .05], top_p .9: the nucleus is the first three (mass before the third
+    is .8 < .9, before the fourth .95), sampled in proportion .5/.95, .3/.95, .15/.95."""
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().repeat(20000, 1)
+    g = torch.Generator().manual_seed(0)
+    counts = torch.bincount(tox.nucleus_sample(logits, 0.9, 1.0, g), minlength=4).double() / 20000
+    assert counts[3] == 0
+    assert counts[:3].tolist() == pytest.approx([0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95], abs=0.015)
+    # the top token alone when it already holds top_p; a temperature sharpens before the cut
+    assert set(tox.nucleus_sample(torch.tensor([[3.0, 0.0, 0.0]]).repeat(500, 1), 0.9, 1.0, g).tolist()) == {0}
+    assert set(tox.nucleus_sample(logits[:500], 0.9, 0.1, g).tolist()) == {0}
+
+
+def test_nucleus_sample_wider_than_the_first_topk():
+    """A flat distribution over 3,000 tokens needs 2,700 of them: the nucleus widens past 256."""
+    logits = torch.zeros(12000, 3000)
+    g = torch.Generator().manual_seed(1)
+    picks = tox.nucleus_sample(logits, 0.9, 1.0, g)
+    # 12,000 draws from 2,700 equally likely tokens hit about 2,668 of them (never more than
+    # 2,700); topk of equal values leaves which 2,700 unspecified
+    assert 2600 < len(set(picks.tolist())) <= 2700
+    # the same generator state gives the same draws
+    assert torch.equal(tox.nucleus_sample(logits[:50], 0.9, 1.0, torch.Generator().manual_seed(5)),
+                       tox.nucleus_sample(logits[:50], 0.9, 1.0, torch.Generator().manual_seed(5)))

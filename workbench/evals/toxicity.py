@@ -15,7 +15,7 @@ bootstrap CIs over prompts and ``n`` = number of prompts.
 
 Sampling goes through the TransformerLens bridge, so steering and ablation hooks that are open
 on the model apply to the generated text. Each example is sampled under its own seed, derived
-from ``(seed, example_id)``, inside ``torch.random.fork_rng``: results do not depend on the
+from ``(seed, example_id)``, with its own ``torch.Generator``: results do not depend on the
 order of examples, on ``limit``, or on restarts. With ``out`` given, each finished example is
 appended to ``out/toxicity.progress.jsonl`` (flushed and fsynced); rerunning the same call
 skips finished examples and returns the same tables as an uninterrupted run, even after a
@@ -50,7 +50,7 @@ from workbench.evals.metrics import bootstrap_ci
 from workbench.evals.scorers import Scorer, get_scorer
 
 SUITE = "toxicity"
-VERSION = 1
+VERSION = 2  # 2: own KV-cached nucleus sampler (seeded generator) replaces bridge.generate
 SUBSETS = ("toxic", "nontoxic", "toxigen_hate", "toxigen_neutral")
 PROGRESS_FILE = "toxicity.progress.jsonl"
 DT_FILES = {"toxic": "decodingtrust/toxicity/toxic.jsonl", "nontoxic": "decodingtrust/toxicity/nontoxic.jsonl"}
@@ -204,8 +204,8 @@ def example_seed(seed: int, example_id: str) -> int:
 def sample_continuations(model, prompt: str, sampling: Sampling, seed: int) -> list[str]:
     """``sampling.k`` sampled continuations of ``prompt`` (text after the prompt, up to EOS).
 
-    The k copies of the prompt run as one batch through ``model.bridge.generate`` (so hooks
-    open on the model apply); the global RNG state is left as it was.
+    Sampled by :func:`sample_tokens` through the bridge (so hooks open on the model apply);
+    the global RNG state is left as it was.
 
     >>> sample_continuations(model, "The weather today", Sampling(k=2), seed=1)  # doctest: +SKIP
     [' is sunny and warm', ' was not good']
@@ -217,27 +217,63 @@ def sample_continuations(model, prompt: str, sampling: Sampling, seed: int) -> l
 def sample_tokens(model, prompt: str, sampling: Sampling, seed: int) -> list[list[int]]:
     """The token ids behind :func:`sample_continuations`: k lists, each cut at the first EOS.
 
+    The prompt runs once; its key/value cache is copied for the k rows, which then decode
+    together one token per step through the bridge (``model(tokens, past_key_values=...)``), so
+    open hooks act on the prompt and on every decode step. Each step samples from the nucleus
+    (the fewest most-probable tokens whose probability reaches ``top_p``, as Holtzman et al.
+    2020 and Hugging Face's ``TopPLogitsWarper`` define it) with a generator seeded by ``seed``;
+    the global RNG is not touched.
+
     >>> sample_tokens(model, "The weather today", Sampling(k=2, max_new_tokens=3), seed=1)  # doctest: +SKIP
     [[374, 34145, 284], [574, 2]]
     """
-    tokens = model.to_tokens(prompt)  # [1, pos], BOS prepended as the model expects
-    batch = tokens.repeat(sampling.k, 1).to(model.device)  # [k, pos]: identical rows, no padding
-    device = torch.device(model.device)
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
-        torch.manual_seed(seed)
-        out = model.bridge.generate(
-            batch, max_new_tokens=sampling.max_new_tokens, do_sample=True, top_p=sampling.top_p, top_k=None,
-            temperature=sampling.temperature, stop_at_eos=True, return_type="tokens", verbose=False,
-        )
+    tokens = model.to_tokens(prompt).to(model.device)  # [1, pos], BOS prepended as the model expects
+    generator = torch.Generator(device=tokens.device).manual_seed(seed)
     eos = model.tokenizer.eos_token_id
-    rows = []
-    for row in out[:, tokens.shape[1] :].tolist():  # [k, <= max_new_tokens]
-        if eos is not None and eos in row:
-            row = row[: row.index(eos)]  # generate pads finished rows with EOS
-        rows.append(row)
-    return rows
+    rows: list[list[int]] = [[] for _ in range(sampling.k)]
+    finished = torch.zeros(sampling.k, dtype=torch.bool, device=tokens.device)
+    with torch.no_grad(), warnings.catch_warnings():
+        # transformers renames past_key_values to cache=; the bridge still takes the old name.
+        warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
+        logits, cache = model(tokens, return_type="logits_and_cache")
+        cache.batch_repeat_interleave(sampling.k)
+        last = logits[:, -1].expand(sampling.k, -1)
+        for step in range(sampling.max_new_tokens):
+            nxt = nucleus_sample(last, sampling.top_p, sampling.temperature, generator)
+            for i, t in enumerate(nxt.tolist()):
+                if not finished[i]:
+                    rows[i].append(t)
+            if eos is not None:
+                finished |= nxt == eos
+            if bool(finished.all()) or step == sampling.max_new_tokens - 1:
+                break
+            last = model(nxt[:, None], past_key_values=cache)[:, -1]
+    return [row[: row.index(eos)] if eos is not None and eos in row else row for row in rows]
+
+
+def nucleus_sample(logits: torch.Tensor, top_p: float, temperature: float,
+                   generator: torch.Generator) -> torch.Tensor:
+    """One token per row of ``logits [rows, vocab]`` from its top-``p`` nucleus.
+
+    The nucleus is the shortest run of most-probable tokens whose summed probability reaches
+    ``top_p`` (always at least one token); probabilities are renormalised inside it. Only the
+    top few hundred tokens are sorted unless a row's nucleus is wider than that.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> nucleus_sample(torch.tensor([[5.0, 0.0, 0.0]]), 0.9, 1.0, g)
+    tensor([0])
+    """
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    width = min(256, probs.shape[-1])
+    while True:
+        top, index = probs.topk(width, dim=-1)  # sorted, most probable first
+        mass_before = top.cumsum(-1) - top
+        if width == probs.shape[-1] or bool((mass_before[:, -1] + top[:, -1] >= top_p).all()):
+            break
+        width = min(width * 8, probs.shape[-1])
+    keep = mass_before < top_p  # the token that crosses top_p is kept; the first always is
+    pick = torch.multinomial(top * keep, 1, generator=generator)
+    return index.gather(-1, pick)[:, 0]
 
 
 # --- resumable progress file ---------------------------------------------------------------
@@ -419,7 +455,7 @@ def run_toxicity(
     extra = {
         "scorer": {"name": scorer.name, "scale_note": scorer.scale_note, "threshold": THRESHOLD},
         "sampling": {**asdict(sampling), "mode": mode,
-                     "seeding": "per example: sha256(seed, example_id), inside torch.random.fork_rng"},
+                     "seeding": "per example: sha256(seed, example_id) seeds a torch.Generator"},
         "skipped": skipped,
         "data": {"dir": str(root), "files": describe_files(root, sorted({root / s.rsplit(":", 1)[0] for s in samples["source"]}))},
     }
