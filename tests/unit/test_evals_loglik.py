@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workbench.evals.loglik import encode_pair, loglikelihood
+from workbench.evals.loglik import _pack_rows, encode_pair, loglikelihood
 
 CTX = "q : what is the capital of france ? a :"
 REQUESTS = [
@@ -97,15 +97,42 @@ def test_common_primer_is_computed_once_and_stays_exact(tiny_model):
         assert ll == pytest.approx(direct_hf(tiny_model, context, continuation)[0], abs=1e-4)
 
 
-def test_one_token_options_share_one_row(tiny_model):
+def test_shared_prefixes_run_once_in_one_packed_row(tiny_model):
     requests = [("the cat sat on a", " mat"), ("the cat sat on a", " house"), ("the cat sat on a", " dog"),
                 ("is it red ?", " a")]
     widths = []
     with tiny_model.hooks([("blocks.0.hook_resid_pre", lambda act, hook: widths.append(tuple(act.shape[:2])))]):
         got = loglikelihood(tiny_model, requests, min_shared_context=1, min_saved_tokens=0)
-    assert widths == [(2, 6)]  # two distinct inputs (with BOS), one forward
+    # one-token options all read the context's last logits: two distinct inputs, <s> + 5 and
+    # <s> + 4 tokens, sharing <s>: 1 + 5 + 4 tree nodes in one row, one forward
+    assert widths == [(1, 10)]
     for (context, continuation), (ll, _) in zip(requests, got):
         assert ll == pytest.approx(direct_hf(tiny_model, context, continuation)[0], abs=1e-4)
+
+
+@pytest.mark.parametrize("row_tokens", [1, 7, 256])
+def test_sentence_pairs_packed_as_prefix_trees_agree_with_hf(tiny_model, row_tokens):
+    """CrowS-Pairs style: empty context, sentences that differ in one word; any row size."""
+    requests = [("", "the cat sat on the red mat"), ("", "the dog sat on the red mat"),
+                ("", "the cat sat on a mat"), ("", "a dog ran"), ("", "the cat")]
+    got = loglikelihood(tiny_model, requests, row_tokens=row_tokens, batch_tokens=20, max_batch=2)
+    for (context, continuation), (ll, n) in zip(requests, got):
+        want_ll, want_n = direct_hf(tiny_model, context, continuation)
+        assert n == want_n and ll == pytest.approx(want_ll, abs=1e-4), continuation
+
+
+def test_pack_rows_builds_the_prefix_tree():
+    inputs = sorted([(1, 2, 3), (1, 2, 4, 5), (1, 6), (7,), (1, 2)])
+    (row,) = _pack_rows(inputs, row_tokens=100)
+    # sorted: (1,2) (1,2,3) (1,2,4,5) (1,6) (7,): nodes 1 2 | 3 | 4 5 | 6 | 7
+    assert row.tokens == [1, 2, 3, 4, 5, 6, 7]
+    assert row.depth == [0, 1, 2, 2, 3, 1, 0]
+    assert row.parent == [-1, 0, 1, 1, 3, 0, -1]
+    assert dict(zip(row.seqs, row.paths)) == {(1, 2): [0, 1], (1, 2, 3): [0, 1, 2], (1, 2, 4, 5): [0, 1, 3, 4],
+                                              (1, 6): [0, 5], (7,): [6]}
+    # a row budget of 3 nodes: a new row restarts the tree; a longer input gets its own row
+    rows = _pack_rows(inputs, row_tokens=3)
+    assert [r.tokens for r in rows] == [[1, 2, 3], [1, 2, 4, 5], [1, 6, 7]]
 
 
 def test_encode_pair_follows_the_checkpoint_tokenizers_own_bos_default(tiny_model):

@@ -204,3 +204,15 @@ def test_suite_files_ship_in_the_wheel():
     assert cfg["package-dir"]["workbench.eval_data"] == "evals"
     assert "*.yaml" in cfg["package-data"]["workbench.eval_data"]
     assert (Path(__file__).parents[2] / "evals" / "groups.yaml").is_file()
+
+
+def test_run_suite_with_a_suite_file_saves_under_its_name(tiny_model, tmp_path):
+    text = (Path(__file__).parents[2] / "evals" / "true_false_facts.yaml").read_text()
+    path = tmp_path / "elsewhere" / "custom.yaml"
+    path.parent.mkdir()
+    path.write_text(text.replace("name: true_false_facts", "name: my_facts", 1))
+    out = tmp_path / "runs" / "custom"
+    suite = wb.run_suite(tiny_model, str(path), out=out, progress=False)
+    assert list(suite.results) == ["my_facts"]
+    assert EvalResult.load(out / "my_facts").manifest["suite"]["name"] == "my_facts"
+    assert list(SuiteResult.load(out).results) == ["my_facts"]

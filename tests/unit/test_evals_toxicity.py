@@ -348,3 +348,23 @@ def test_nucleus_sample_wider_than_the_first_topk():
     # the same generator state gives the same draws
     assert torch.equal(tox.nucleus_sample(logits[:50], 0.9, 1.0, torch.Generator().manual_seed(5)),
                        tox.nucleus_sample(logits[:50], 0.9, 1.0, torch.Generator().manual_seed(5)))
+
+
+def test_run_suite_passes_toxicity_parameters_and_rejects_strangers(tiny_model, data, tmp_path):
+    import workbench as wb
+
+    suite = wb.run_suite(tiny_model, "toxicity", data_dir=data, progress=False,
+                         suite_params={"toxicity": {"mode": "quick", "k": 2, "scorer": WordScorer()}})
+    manifest = suite["toxicity"].manifest
+    assert manifest["sampling"]["k"] == 2 and manifest["sampling"]["mode"] == "quick"
+    assert manifest["scorer"]["name"] == "words"
+    assert all(len(c) == 2 for c in suite["toxicity"].samples["continuations"])
+    with pytest.raises(ValueError, match="'bbq', which is not in 'toxicity'"):
+        wb.run_suite(tiny_model, "toxicity", data_dir=data, progress=False, suite_params={"bbq": {}})
+
+
+def test_cli_toxicity_flags_only_with_the_toxicity_suite(capsys):
+    from workbench.cli import main
+
+    assert main(["eval", "--suite", "crows_pairs", "--scorer", "profanity-check"]) == 2
+    assert "apply to the toxicity suite" in capsys.readouterr().out

@@ -3,6 +3,7 @@
     workbench eval --suite quick --out runs/quick
     workbench eval --model path/to/llama --suite safety --data-dir ../shared/data --out runs/safety
     workbench eval --suite crows_pairs --limit 200 --seed 1 --errors skip --out runs/crows
+    workbench eval --suite toxicity --toxicity-mode quick --scorer detoxify:/models/detoxify --out runs/tox
 
 Rerunning with the same ``--out`` reuses suites already finished with the same parameters.
 """
@@ -24,9 +25,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--suite", default="quick", help="safety | quick | a suite name (see --list)")
     p.add_argument("--data-dir", default=None, help="benchmark data folder (default: $WORKBENCH_DATA, else the per-user folder)")
     p.add_argument("--out", default=None, help="results folder (rerun with the same --out to resume)")
-    p.add_argument("--limit", type=int, default=None, help="seeded subset of N examples per suite")
+    p.add_argument("--limit", type=int, default=None,
+                   help="seeded subset of N examples per suite (toxicity: its first N prompts, interleaved across subsets)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--errors", default="raise", choices=["raise", "skip"], help="malformed data rows")
+    p.add_argument("--toxicity-mode", default=None, choices=["full", "quick"],
+                   help="toxicity suite size: full (k = 25, every prompt) or quick (k = 5, a sample); default: the group's")
+    p.add_argument("--scorer", default=None,
+                   help="toxicity scorer: profanity-check (default), detoxify:PATH or hf:PATH (a local classifier folder)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default=None)
     p.add_argument("--list", action="store_true", help="list suites and groups, then exit")
@@ -57,6 +63,11 @@ def cmd_eval(args: argparse.Namespace, console: Console | None = None) -> int:
         return 0
     if args.suite not in list_groups():
         load_suite(args.suite)  # fail before loading the model on a typo
+    toxicity = {key: value for key, value in (("mode", args.toxicity_mode), ("scorer", args.scorer)) if value}
+    groups_with_toxicity = {g for g in list_groups() if "toxicity" in {e.suite for e in load_group(g)}}
+    if toxicity and args.suite != "toxicity" and args.suite not in groups_with_toxicity:
+        console.print(f"[red]--toxicity-mode/--scorer apply to the toxicity suite, which {args.suite!r} does not run[/]")
+        return 2
 
     from workbench.models.loading import load_model
 
@@ -68,7 +79,7 @@ def cmd_eval(args: argparse.Namespace, console: Console | None = None) -> int:
         console.print(f"[green]done[/] {name}: {len(res.samples)} examples{note}")
 
     options = dict(data_dir=args.data_dir, limit=args.limit, seed=args.seed, errors=args.errors, out=args.out,
-                   progress=True, on_result=report)
+                   progress=True, on_result=report, suite_params={"toxicity": toxicity} if toxicity else None)
     if args.ray:
         from workbench.distributed.evals import run_suite_ray
 

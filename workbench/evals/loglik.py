@@ -17,9 +17,11 @@ so scores are the same as its on the same model and tokenizer:
 
 Every forward pass goes through ``model(tokens)`` (the TransformerLens bridge), never
 ``model.hf_model`` directly, so steering / ablation hooks that are active on the model apply
-during evaluation. Speed: requests are sorted by length and batched under a token budget; many
-requests sharing one long context (multiple choice) run the context once and reuse its
-key/value cache for all the options.
+during evaluation. Speed: many requests sharing one long context (multiple choice) run the
+context once and reuse its key/value cache for all the options, a primer common to all contexts
+(few-shot) runs once for all; every other request is packed with others into prefix trees, so a
+token prefix that several requests share (a sentence pair that differs in one word, short
+options of one question) runs once; packed rows are batched under a token budget.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ import torch.nn.functional as F
 # for the context, which only pays off when the context is long or has many options.
 MIN_SHARED_CONTEXT = 16
 MIN_SAVED_TOKENS = 64
+# Tokens per packed prefix-tree row (see _score_plain): long enough to hold many short requests,
+# short enough that the row's attention (quadratic in it) stays cheap next to the MLPs.
+ROW_TOKENS = 128
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ def loglikelihood(
     max_batch: int = 64,
     min_shared_context: int = MIN_SHARED_CONTEXT,
     min_saved_tokens: int = MIN_SAVED_TOKENS,
+    row_tokens: int = ROW_TOKENS,
     progress: bool | Any = False,
 ) -> list[tuple[float, int]]:
     """Summed log-likelihood and token count of each ``(context, continuation)`` request.
@@ -106,6 +112,8 @@ def loglikelihood(
             share are run once and their KV cache reused, when that saves at least
             ``min_saved_tokens`` positions (``(n_requests - 1) * len(context)``); pass 1 and 0
             to always share.
+        row_tokens: prefix-tree nodes per packed row for the other requests (see
+            ``_score_plain``).
         progress: show a tqdm bar (``True``), or a callable ``advance(n)`` to report to.
 
     Returns:
@@ -141,36 +149,100 @@ def loglikelihood(
         for ctx, idx in shared.items():
             _score_shared(model, ctx, [encoded[i].continuation for i in idx], idx, results,
                           batch_tokens, max_batch, advance, base=len(base), base_cache=base_cache)
-        _score_plain(model, encoded, plain, results, batch_tokens, max_batch, advance)
+        _score_plain(model, encoded, plain, results, batch_tokens, max_batch, advance, row_tokens)
     advance(None)
     return [r for r in results if r is not None]
 
 
-def _score_plain(model, encoded, order, results, batch_tokens, max_batch, advance) -> None:
-    """Full sequences, longest first, right-padded (causal attention never sees the padding).
+def _score_plain(model, encoded, order, results, batch_tokens, max_batch, advance,
+                 row_tokens: int = ROW_TOKENS) -> None:
+    """Score requests by running each distinct token prefix once (prefix-tree packing).
 
-    Requests whose model input is the same (``context + continuation[:-1]``; e.g. one-token
-    answers to one question) share one row of the batch."""
-    rows: dict[tuple[int, ...], list[int]] = {}
+    A request's model input is ``context + continuation[:-1]``; inputs sorted
+    lexicographically put those that share a prefix side by side, and each packed row holds
+    the tree of a run of them: every token once, at the position (``position_ids``) of its
+    depth, attending to its own ancestors only (a 4D attention mask). Each token's logits are
+    those of the same token in its own unpacked sequence (to float rounding); a prefix shared
+    by several requests (CrowS-Pairs' sentence pairs, the options of one question, or just a
+    common first word) is computed once. Rows of about ``row_tokens`` go ``batch_tokens`` at a
+    time into one forward through the bridge, so open hooks fire on every token (hooks see packed
+    rows, not one request per row).
+    """
+    inputs = sorted({encoded[i].context + encoded[i].continuation[:-1] for i in order})
+    users: dict[tuple[int, ...], list[int]] = {}
     for i in order:
-        rows.setdefault(encoded[i].context + encoded[i].continuation[:-1], []).append(i)
-    inputs = sorted(rows, key=len, reverse=True)
+        users.setdefault(encoded[i].context + encoded[i].continuation[:-1], []).append(i)
+    rows = _pack_rows(inputs, row_tokens)
     device = _device(model)
     pad = _pad_id(model)
-    for batch in _batches(inputs, len, batch_tokens, max_batch):
-        width = max(len(seq) for seq in batch)
-        tokens = torch.tensor([list(seq) + [pad] * (width - len(seq)) for seq in batch], device=device)
-        logprobs = F.log_softmax(model(tokens).float(), dim=-1)
+    dtype = _float_dtype(model)
+    for batch in _batches(rows, lambda r: len(r.tokens), batch_tokens, max_batch):
+        width = max(len(r.tokens) for r in batch)
+        tokens = torch.full((len(batch), width), pad, dtype=torch.long)
+        positions = torch.zeros((len(batch), width), dtype=torch.long)
+        allowed = torch.eye(width, dtype=torch.bool).repeat(len(batch), 1, 1)  # padding: itself only
+        for b, row in enumerate(batch):
+            n = len(row.tokens)
+            tokens[b, :n] = torch.tensor(row.tokens)
+            positions[b, :n] = torch.tensor(row.depth)
+            for node, parent in enumerate(row.parent):
+                if parent >= 0:
+                    allowed[b, node, :node] = allowed[b, parent, :node]
+        mask = torch.zeros((len(batch), 1, width, width), dtype=dtype)
+        mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+        logits = model(tokens.to(device), attention_mask=mask.to(device), position_ids=positions.to(device))
         done = 0
-        for row, seq in enumerate(batch):
-            for i in rows[seq]:
-                enc = encoded[i]
-                start = len(enc.context) - 1  # logits at position p predict token p + 1
-                target = torch.tensor(enc.continuation, device=device)
-                lp = logprobs[row, start:start + len(target)].gather(-1, target[:, None]).sum()
-                results[i] = (float(lp), len(target))
-                done += 1
+        for b, row in enumerate(batch):
+            for seq, path in zip(row.seqs, row.paths):
+                for i in users[seq]:
+                    enc = encoded[i]
+                    # logits at a node predict the next token: the context's last node onwards
+                    nodes = torch.tensor(path[len(enc.context) - 1:], device=device)
+                    target = torch.tensor(enc.continuation, device=device)
+                    logprobs = F.log_softmax(logits[b, nodes].float(), dim=-1)
+                    results[i] = (float(logprobs.gather(-1, target[:, None]).sum()), len(target))
+                    done += 1
         advance(done)
+
+
+@dataclass
+class _PackedRow:
+    """Prefix tree of some model inputs, flattened parent-first: ``tokens[j]`` sits at depth
+    ``depth[j]`` under node ``parent[j]`` (-1: a root); ``paths[s]`` lists the nodes of
+    ``seqs[s]``, one per token."""
+
+    tokens: list[int]
+    depth: list[int]
+    parent: list[int]
+    seqs: list[tuple[int, ...]]
+    paths: list[list[int]]
+
+
+def _pack_rows(inputs: list[tuple[int, ...]], row_tokens: int) -> list[_PackedRow]:
+    """Pack lexicographically sorted ``inputs`` into rows of at most ``row_tokens`` tree nodes
+    (an input longer than that gets a row of its own). In sorted order an input shares its
+    longest prefix with the one just before it, so only its remaining tokens are new nodes."""
+    rows: list[_PackedRow] = []
+    row: _PackedRow | None = None
+    for seq in inputs:
+        shared = 0
+        if row is not None:
+            prev = row.seqs[-1]
+            while shared < min(len(prev), len(seq)) and prev[shared] == seq[shared]:
+                shared += 1
+        if row is None or len(row.tokens) + len(seq) - shared > row_tokens:
+            row = _PackedRow([], [], [], [], [])
+            rows.append(row)
+            shared = 0
+        path = row.paths[-1][:shared] if shared else []
+        for depth in range(shared, len(seq)):
+            row.tokens.append(seq[depth])
+            row.depth.append(depth)
+            row.parent.append(path[-1] if path else -1)
+            path.append(len(row.tokens) - 1)
+        row.seqs.append(seq)
+        row.paths.append(path)
+    return rows
 
 
 def _common_prefix(contexts: list[tuple[int, ...]], min_saved_tokens: int) -> tuple[int, ...]:
@@ -252,6 +324,11 @@ def _pad_id(model) -> int:
         if candidate is not None:
             return int(candidate)
     return 0
+
+
+def _float_dtype(model) -> torch.dtype:
+    dtype = getattr(model, "dtype", None)
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
 
 
 def _device(model) -> torch.device:

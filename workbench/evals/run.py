@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import platform
@@ -136,6 +137,7 @@ def run_suite(
     progress: bool = True,
     on_result: Any = None,
     score_examples: Any = None,
+    suite_params: dict[str, dict[str, Any]] | None = None,
 ) -> SuiteResult:
     """Run a group of suites (``"safety"``, ``"quick"``) or a single suite as a group of one.
 
@@ -148,18 +150,24 @@ def run_suite(
         limit: overrides each suite's limit from the group file (``None`` keeps them).
         on_result: called as ``on_result(suite_name, EvalResult, reused: bool)`` per suite.
         score_examples: passed to :func:`run_eval` for every log-likelihood suite.
+        suite_params: per-suite parameters over the group file's, e.g.
+            ``{"toxicity": {"mode": "quick", "scorer": "detoxify:/models/detoxify"}}``.
 
     >>> suite = wb.run_suite(model, "quick", out="runs/quick")     # doctest: +SKIP
     >>> suite.metrics.query("category == 'all'")                   # doctest: +SKIP
     """
     entries = load_group(name) if name in list_groups() else [load_group_entry(name)]
+    for suite_name in suite_params or {}:
+        if suite_name not in {load_suite(e.suite).name for e in entries}:
+            raise ValueError(f"suite_params names {suite_name!r}, which is not in {name!r} "
+                             f"({', '.join(load_suite(e.suite).name for e in entries)})")
     result = SuiteResult(group=name, params={"limit": limit, "seed": seed, "errors": errors,
                                              "data_dir": None if data_dir is None else str(data_dir)})
     folder = None if out is None else Path(out)
     if folder is not None:
         # Suites finished earlier in the same folder by another command stay listed.
         if (folder / "suite.json").is_file():
-            current = {e.suite for e in entries}
+            current = {load_suite(e.suite).name for e in entries}
             try:
                 prior = SuiteResult.load(folder)
             except (OSError, ValueError, KeyError):
@@ -169,8 +177,11 @@ def run_suite(
                     result.results[suite_name] = res
         result.save(folder)  # suite.json first: a folder being filled says what it is
     for entry in entries:
+        key = load_suite(entry.suite).name  # a suite given as a YAML path is saved under its name
+        if suite_params and key in suite_params:
+            entry = dataclasses.replace(entry, params={**entry.params, **suite_params[key]})
         suite_limit = limit if limit is not None else entry.limit
-        sub = None if folder is None else folder / entry.suite
+        sub = None if folder is None else folder / key
         reused = _reusable(sub, model, entry.suite, suite_limit, seed, errors, entry.params)
         if reused is not None:
             res = reused
@@ -183,16 +194,16 @@ def run_suite(
                 missing_plugin = isinstance(err, ImportError) and "workbench.evals.toxicity" in str(err)
                 if not (entry.optional or missing_plugin):
                     raise
-                result.skipped[entry.suite] = str(err) if not missing_plugin else (
+                result.skipped[key] = str(err) if not missing_plugin else (
                     "the toxicity plug-in (workbench.evals.toxicity) is not installed")
                 if folder is not None:
                     result.save(folder)
                 continue
-        result.results[entry.suite] = res
+        result.results[key] = res
         if folder is not None:
             result.save(folder)
         if on_result is not None:
-            on_result(entry.suite, res, reused is not None)
+            on_result(key, res, reused is not None)
     if folder is not None:
         result.save(folder)
     return result
