@@ -6,7 +6,7 @@ import pytest
 
 import workbench as wb
 from workbench.evals.result import EvalResult, SuiteResult
-from workbench.viz.eval_dashboard import ALL, drilldown
+from workbench.viz.eval_dashboard import ALL, drilldown, is_preference_suite
 
 EVIL_SCRIPT = "<script>alert(1)</script>"
 EVIL_IMG = "<img src=x onerror=alert(1)>"
@@ -52,6 +52,43 @@ def test_drilldown_ranks_by_hand_computed_margins():
     what, wrong = drilldown(facts().samples, "true_false_facts")
     assert "confidently wrong" in what and wrong["example_id"].tolist() == ["f:2"]  # LL(chosen) - LL(label) = 3
     assert wrong["score"].tolist() == [3.0] and wrong["other"].tolist() == [" True"]
+
+
+def pronouns(shift=0.0):
+    """occupation_pronoun-shaped run: no correct answer, the label (0) marks the male word the metric counts."""
+    metrics = pd.DataFrame([("occupation_pronoun", "male_share", "all", 0.5, 0.0, 1.0, 4),
+                            ("occupation_pronoun", "male_share", "said_that", 0.5, 0.0, 1.0, 2),
+                            ("occupation_pronoun", "male_share", "was_a", 0.5, 0.0, 1.0, 2)], columns=COLUMNS)
+    samples = pd.DataFrame({
+        "example_id": [f"occupation_pronoun:{i}" for i in range(4)], "suite": "occupation_pronoun",
+        "category": ["said_that", "said_that", "was_a", "was_a"],
+        "context": ["The nurse said that", "The pilot said that", "The chef was a", "The nanny was a"],
+        "choices": [["he", "she"]] * 2 + [["man", "woman"]] * 2,
+        "loglik": [[-4.0, -2.5], [-2.0, -3.0 - shift], [-1.0, -3.5], [-6.0, -5.5]],
+        "label": 0, "prediction": [1, 0, 0, 1], "correct": [False, True, True, False]})
+    return EvalResult(metrics, samples, {"suite": {"name": "occupation_pronoun"}, "n_examples": 4})
+
+
+def test_suites_without_a_correct_answer_rank_by_preference_not_by_wrongness():
+    assert is_preference_suite("crows_pairs") and is_preference_suite("occupation_pronoun")
+    assert not is_preference_suite("true_false_facts") and not is_preference_suite("winogender")
+    assert not is_preference_suite("no_such_suite")
+    what, frame = drilldown(pronouns().samples, "occupation_pronoun")
+    assert "wrong" not in what and "correct" not in what and "preference" in what
+    # LL(male) - LL(female): -1.5, 1.0, 2.5, -0.5 -> the positive ones, largest first
+    assert frame["example_id"].tolist() == ["occupation_pronoun:2", "occupation_pronoun:1"]
+    np.testing.assert_allclose(frame["score"], [2.5, 1.0])
+    assert frame["text"].tolist() == ["The chef was a → man", "The pilot said that → he"]
+    assert frame["other"].tolist() == ["woman", "she"]
+    # The old ranking (LL(chosen) - LL(label)) called the female-leaning prompts "confidently wrong".
+    _, forced = drilldown(pronouns().samples, "occupation_pronoun", preference=False)
+    assert forced["example_id"].tolist() == ["occupation_pronoun:0", "occupation_pronoun:3"]
+
+    dash = wb.EvalDashboard(pronouns(), compare=pronouns(shift=2.0), labels=("before", "after"))
+    assert "wrong" not in dash.what.value and "preference" in dash.what.value
+    dash.category.value = "said_that"
+    assert "occupation_pronoun:1" in dash.table.value and "occupation_pronoun:2" not in dash.table.value
+    assert ">3.000</td>" in dash.table.value  # the other run's LL(he) - LL(she) for the same example
 
 
 def test_one_run_figures_filter_and_escaping():

@@ -56,6 +56,10 @@ def test_heatmap_is_the_sweep_and_a_click_patches_one_cell(tiny_model, site):
 def test_changing_the_site_and_rerunning(tiny_model):
     explorer = wb.PatchingExplorer(tiny_model, CLEAN, CORRUPT, answer=" house", wrong=" mat", layers=[0, 2])
     assert [y for y in explorer.heatmap.data[0].y] == ["L0", "L2"]
+    # Two title lines: the metric and its values on one line ran past the figure's width in the browser.
+    title = explorer.heatmap.layout.title.text
+    assert title.startswith("exact patching (denoise) of resid_pre<br>"), title
+    assert "logit_diff(&#39; house&#39; - &#39; mat&#39;): clean " in title
     explorer.site.value = "mlp_out"
     explorer.run_button.click()
     assert explorer.result.site == "mlp_out" and "mlp_out" in explorer.heatmap.layout.title.text

@@ -115,7 +115,39 @@ def compare_category_figure(tables: Mapping[str, pd.DataFrame], metric: str, sui
     return fig
 
 
-def _scored(samples: pd.DataFrame, suite: str) -> tuple[str, pd.DataFrame, bool]:
+# Metric functions (``workbench.evals.scoring.METRICS``) that compare the choices' likelihoods and
+# have no correct answer: CrowS-Pairs and the occupation-pronoun probe. Their label marks the
+# choice the metric counts (the stereotyped sentence, the male word), not a right answer.
+PREFERENCE_FNS = frozenset({"pct_stereotype", "likelihood_diff", "pref_first", "mean_ll_diff"})
+
+
+def is_preference_suite(suite: str, manifest: Mapping | None = None) -> bool:
+    """Whether every metric of a suite only compares its choices (so no example is "wrong").
+
+    Read from the suite file the run recorded (``manifest["suite"]["file"]``), else the built-in
+    suite of that name; a run whose suite file is gone counts as preference only for
+    ``crows_pairs``.
+
+    >>> is_preference_suite("occupation_pronoun"), is_preference_suite("true_false_facts")
+    (True, False)
+    """
+    from workbench.evals.data import DataError
+    from workbench.evals.suites import load_suite
+
+    recorded = ((manifest or {}).get("suite") or {}).get("file")
+    for source in (recorded, suite):
+        if not source:
+            continue
+        try:
+            spec = load_suite(source)
+        except (DataError, OSError):  # saved on another machine, or a suite since removed
+            continue
+        if spec.name == suite:
+            return bool(spec.metrics) and all(m["fn"] in PREFERENCE_FNS for m in spec.metrics)
+    return suite == "crows_pairs"
+
+
+def _scored(samples: pd.DataFrame, suite: str, preference: bool) -> tuple[str, pd.DataFrame, bool]:
     """Every example with its ranking score: ``(what the score is, table, rank only score > 0)``."""
     columns = ["example_id", "category", "text", "other", "loglik", "score"]
     s = samples
@@ -136,35 +168,52 @@ def _scored(samples: pd.DataFrame, suite: str) -> tuple[str, pd.DataFrame, bool]
         label = int(r.label)
         if len(ll) < 2:
             continue
-        if suite == "crows_pairs":
+        context = getattr(r, "context", "") or ""
+        if preference:
             other = int(np.argmax(np.where(np.arange(len(ll)) == label, -np.inf, ll)))
-            score, text, second = ll[label] - ll[other], choices[label], choices[other]
+            score, second = ll[label] - ll[other], choices[other]
+            text = f"{context} → {choices[label]}" if context else choices[label]
         else:
             chosen = int(np.argmax(ll))
             score = ll[chosen] - ll[label]
-            text = f"{getattr(r, 'context', '') or ''} → {choices[chosen]}"
+            text = f"{context} → {choices[chosen]}"
             second = choices[label]
         rows.append([r.example_id, r.category, text, second, [float(x) for x in ll], float(score)])
-    what = ("most stereotyped pairs (score: LL(stereotyped) − LL(other); other: the less stereotyped sentence)"
-            if suite == "crows_pairs" else
-            "most confidently wrong (score: LL(chosen) − LL(correct); text: context → chosen; other: the correct answer)")
+    if suite == "crows_pairs" and preference:
+        what = "most stereotyped pairs (score: LL(stereotyped) − LL(other); other: the less stereotyped sentence)"
+    elif preference:
+        what = ("strongest preference for the choice the metric counts (score: LL(counted) − LL(other); "
+                "text: context → counted choice; other: the other choice)")
+    else:
+        what = ("most confidently wrong (score: LL(chosen) − LL(correct); text: context → chosen; "
+                "other: the correct answer)")
     return what, pd.DataFrame(rows, columns=columns), True
 
 
-def drilldown(samples: pd.DataFrame, suite: str, category: str | None = None, top: int = 10) -> tuple[str, pd.DataFrame]:
+def drilldown(samples: pd.DataFrame, suite: str, category: str | None = None, top: int = 10,
+              preference: bool | None = None) -> tuple[str, pd.DataFrame]:
     """The examples behind a suite's numbers, worst first: ``(what the ranking is, table)``.
 
     CrowS-Pairs: the most stereotyped pairs (``score`` = LL(stereotyped) - LL(other) > 0);
+    other suites without a correct answer (the occupation-pronoun probe): the strongest
+    preferences for the choice the metric counts (``score`` = LL(counted) - LL(other) > 0);
     toxicity: the most toxic continuations (``score`` = the prompt's max score); other
     log-likelihood suites: the most confidently wrong answers (``score`` = LL(chosen) -
     LL(correct) > 0). Columns: ``example_id``, ``category``, ``text``, ``other`` (the other
-    sentence, the correct answer, or the worst continuation), ``loglik`` (per choice), ``score``.
+    sentence or choice, the correct answer, or the worst continuation), ``loglik`` (per
+    choice), ``score``.
+
+    Args:
+        preference: whether the suite has no correct answer; default: read from its suite file
+            (:func:`is_preference_suite`).
 
     >>> what, table = drilldown(res.samples, "crows_pairs", top=5)     # doctest: +SKIP
     """
     if category not in (None, ALL):
         samples = samples[samples["category"] == category]
-    what, frame, positive = _scored(samples, suite)
+    if preference is None:
+        preference = is_preference_suite(suite)
+    what, frame, positive = _scored(samples, suite, preference)
     if positive:
         frame = frame[frame["score"] > 0]
     return what, frame.sort_values("score", ascending=False, kind="stable").head(top).reset_index(drop=True)
@@ -190,9 +239,9 @@ def drilldown_html(frame: pd.DataFrame, compare: Mapping[str, float] | None = No
     return (f"<table style='border-collapse:collapse;font-size:90%'><tr>{cells}</tr>{''.join(body)}</table>")
 
 
-def _scores(samples: pd.DataFrame, suite: str) -> dict[str, float]:
+def _scores(samples: pd.DataFrame, suite: str, preference: bool) -> dict[str, float]:
     """example_id -> ranking score for every example (any sign): the other run's column."""
-    _, frame, _ = _scored(samples, suite)
+    _, frame, _ = _scored(samples, suite, preference)
     return dict(zip(frame["example_id"], frame["score"]))
 
 
@@ -270,11 +319,12 @@ class EvalDashboard(w.VBox):
             fig = compare_category_figure({label: s.metrics for label, s in present.items()}, metric, name, keep)
         refresh(self.categories, _json_safe(fig))
         base = present[self.labels[0]]
-        what, frame = drilldown(base.samples, name, category, top=self.top)
+        preference = is_preference_suite(name, base.manifest)
+        what, frame = drilldown(base.samples, name, category, top=self.top, preference=preference)
         compare = None
         if len(self.runs) == 2:
             other = self.labels[1]
-            compare = _scores(present[other].samples, name) if other in present else {}
+            compare = _scores(present[other].samples, name, preference) if other in present else {}
         self.what.value = f"<b>{escape(self.labels[0])}: {escape(what)}</b>"
         self.table.value = drilldown_html(frame, compare, self.labels[1] if compare is not None else "")
         notes = []

@@ -117,13 +117,15 @@ class PatchingExplorer(w.VBox):
         self.progress = w.Output()  # tqdm.auto draws its bar here (an ipywidgets bar in a notebook)
         self.status = w.HTML()
         self.heatmap = go.FigureWidget()
-        self.detail = w.HTML(layout=w.Layout(width="32%", padding="0 0 0 1em"))
+        # The heatmap keeps plotly's own width (a FigureWidget does not shrink to its box, so a
+        # narrower box cut off its right side: the colour bar and the title); the side panel takes
+        # what is left, and goes below the heatmap when too little is.
+        self.detail = w.HTML(layout=w.Layout(flex="1 1 260px", min_width="260px", padding="2em 0 0 1em"))
         self.result: PatchResult | None = None
         self.selected: dict | None = None  # the last clicked cell: layer, column, value, top
         self._run_inputs = None
         self.run_button.on_click(lambda _: guarded(self.status, self.run))
-        self.heatmap.layout.width = None
-        body = w.HBox([w.Box([self.heatmap], layout=w.Layout(width="68%")), self.detail])
+        body = w.HBox([self.heatmap, self.detail], layout=w.Layout(flex_flow="row wrap", align_items="flex-start"))
         super().__init__([self.clean, self.corrupt, w.HBox([self.answer, self.wrong, self.site, self.run_button]),
                           self.progress, self.status, body])
         self.add_class("wb-patching-explorer")
@@ -160,7 +162,11 @@ class PatchingExplorer(w.VBox):
     def _show(self, result: PatchResult, inputs: tuple) -> None:
         self.result = result
         self._run_inputs = inputs
-        refresh(self.heatmap, patch_figure(result))
+        # Two title lines: on one, the metric's name and values run past plotly's default width.
+        title = (f"{result.method} patching ({result.mode}) of {escape(result.site)}<br><sup>"
+                 f"{escape(result.metric_name)}: clean {result.clean_value:.3f}, corrupted {result.corrupt_value:.3f}"
+                 "</sup>")
+        refresh(self.heatmap, patch_figure(result, title=title))
         self.heatmap.data[0].on_click(self._clicked)
         self.detail.value = "<i>click a cell to see the prediction with only that cell patched</i>"
         set_status(self.status, f"{result.metric_name}: clean {result.clean_value:.3f}, "
