@@ -170,3 +170,56 @@ def screenshot(page, locator, path: Path) -> None:
     page.wait_for_timeout(300)
     path.parent.mkdir(parents=True, exist_ok=True)
     locator.screenshot(path=str(path))
+
+
+def set_slider_readout(page, slider, value: str) -> None:
+    """Type ``value`` into an ipywidgets slider's readout and press Enter (what a user can do)."""
+    slider.locator(".widget-readout").click()
+    page.keyboard.press("Control+A")
+    page.keyboard.type(value)
+    page.keyboard.press("Enter")
+
+
+def click_heatmap_cell(plot, row: int, column: int, n_rows: int, n_columns: int) -> None:
+    """Click the centre of a heatmap cell in a plotly plot (row 0 at the top, as with a reversed y axis).
+
+    Plotly takes clicks on the plot area's drag layer and turns them into ``plotly_click`` for the
+    point under the mouse, which is how a ``FigureWidget``'s ``on_click`` callbacks are reached.
+    """
+    area = plot.locator(".nsewdrag").first
+    area.scroll_into_view_if_needed()
+    box = area.bounding_box()
+    if box is None:
+        raise AssertionError("the heatmap has no plot area to click")
+    x = box["x"] + (column + 0.5) * box["width"] / n_columns
+    y = box["y"] + (row + 0.5) * box["height"] / n_rows
+    plot.page.mouse.move(x, y)  # plotly finds the point on hover, then reports it on click
+    plot.page.wait_for_timeout(200)
+    plot.page.mouse.click(x, y)
+
+
+_CLIPPED_JS = """root => {
+    const out = [];
+    const parts = '.js-plotly-plot .main-svg, .gtitle, .colorbar, .legend, .xtick text, .ytick text';
+    for (const el of root.querySelectorAll(parts)) {
+        const r = el.getBoundingClientRect();
+        if (r.width === 0 && r.height === 0) continue;
+        for (let a = el.parentElement; a && a !== root.parentElement; a = a.parentElement) {
+            const s = getComputedStyle(a);
+            if (s.overflowX === 'visible' && s.overflowY === 'visible') continue;
+            const b = a.getBoundingClientRect();
+            if (r.left < b.left - 1 || r.right > b.right + 1 || r.top < b.top - 1 || r.bottom > b.bottom + 1) {
+                out.push(`${el.getAttribute('class')} "${(el.textContent || '').slice(0, 40)}" cut off by `
+                         + `<${a.tagName.toLowerCase()} class="${a.getAttribute('class')}">`);
+                break;
+            }
+        }
+    }
+    return out;
+}"""
+
+
+def clipped_parts(widget) -> list[str]:
+    """Plot parts (figure, title, colour bar, legend, tick labels) that an element with hidden
+    overflow cuts off inside ``widget``: the SVG itself, or a box narrower than the figure."""
+    return widget.evaluate(_CLIPPED_JS)
