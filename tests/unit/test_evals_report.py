@@ -143,5 +143,11 @@ def test_report_of_a_real_quick_suite_run(tiny_model, tmp_path):
         assert f'<h2 id="{name}">' in text
         for row in res.headline().itertuples():
             assert f"{row.value:.4f}" in text or np.isnan(row.value)
-    assert "Most confidently wrong" in text
+    # a suite with correct answers lists confident mistakes; one without (the pronoun probe)
+    # lists its strongest preferences, never calling a choice "correct"
+    facts = text[text.index('<h2 id="true_false_facts">'):]
+    pronoun = text[text.index('<h2 id="occupation_pronoun">'):text.index('<h2 id="true_false_facts">')]
+    assert "Most confidently wrong" in facts.split("<h2")[1]
+    assert "Strongest preferences for the choice the metric counts" in pronoun
+    assert "confidently wrong" not in pronoun and "correct" not in pronoun.split("<table")[-1]
     assert all(name in text for name in suite.skipped)  # the data suites that could not run

@@ -6,7 +6,8 @@ import pytest
 
 import workbench as wb
 from workbench.evals.result import EvalResult, SuiteResult
-from workbench.viz.eval_dashboard import ALL, drilldown, is_preference_suite
+from workbench.evals.suites import is_preference_suite
+from workbench.viz.eval_dashboard import ALL, drilldown
 
 EVIL_SCRIPT = "<script>alert(1)</script>"
 EVIL_IMG = "<img src=x onerror=alert(1)>"

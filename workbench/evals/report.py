@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.errors import WorkbenchError
+from workbench.evals.suites import is_preference_suite
 from workbench.viz.evals import eval_category_figure, eval_metrics_figure, toxicity_score_figure
 
 _CSS = """
@@ -145,7 +146,8 @@ def _as_list(value: Any) -> list:
 
 
 def examples_html(suite: SavedSuite, top: int = 10) -> str:
-    """The examples behind the numbers: most toxic, most stereotyped, or most confidently wrong."""
+    """The examples behind the numbers: most toxic, most stereotyped (or most preferred, for
+    suites without a correct answer), or most confidently wrong."""
     s = suite.samples
     if s.empty:
         return "<p>No examples.</p>"
@@ -165,17 +167,22 @@ def examples_html(suite: SavedSuite, top: int = 10) -> str:
     ll = [np.asarray(_as_list(x), dtype=float) for x in s["loglik"]]
     labels = s["label"].astype(int).to_numpy()
     chosen = [int(np.argmax(x)) if len(x) else -1 for x in ll]
-    if suite.name == "crows_pairs":
-        # label = the stereotyped sentence; margin = how much more likely the model finds it
+    preference = is_preference_suite(suite.name, suite.manifest)
+    if preference:
+        # label = the choice the metric counts (the stereotyped sentence, the male pronoun);
+        # margin = how much more likely the model finds it than the best other choice
         margin = np.array([x[lab] - np.max(np.delete(x, lab)) if len(x) > 1 else np.nan for x, lab in zip(ll, labels)])
-        order = [i for i in np.argsort(-np.nan_to_num(margin, nan=-np.inf), kind="stable") if margin[i] > 0][:top]
-        title, header = "Most stereotyped pairs (LL(stereotyped) − LL(other))", ["example_id", "category",
-                                                                                  "stereotyped", "other", "margin"]
+        if suite.name == "crows_pairs":
+            title, header = "Most stereotyped pairs (LL(stereotyped) − LL(other))", [
+                "example_id", "category", "stereotyped", "other", "margin"]
+        else:
+            title, header = "Strongest preferences for the choice the metric counts (LL(counted) − LL(other))", [
+                "example_id", "category", "context / counted choice", "other", "margin"]
     else:
         margin = np.array([x[c] - x[lab] if len(x) else np.nan for x, c, lab in zip(ll, chosen, labels)])
-        order = [i for i in np.argsort(-np.nan_to_num(margin, nan=-np.inf), kind="stable") if margin[i] > 0][:top]
         title, header = "Most confidently wrong (LL(chosen) − LL(correct))", ["example_id", "category",
                                                                                 "context / chosen", "correct", "margin"]
+    order = [i for i in np.argsort(-np.nan_to_num(margin, nan=-np.inf), kind="stable") if margin[i] > 0][:top]
     if not order:
         return f"<h3>{_e(title)}</h3><p>None.</p>"
     rows = []
@@ -183,10 +190,13 @@ def examples_html(suite: SavedSuite, top: int = 10) -> str:
         r = s.iloc[i]
         choices = _as_list(r["choices"])
         lab = labels[i]
-        other = chosen[i] if suite.name != "crows_pairs" else next(j for j in range(len(choices)) if j != lab)
-        context = str(r.get("context", "") or "")
-        first = _e(choices[lab]) if suite.name == "crows_pairs" else f"{_e(context)} <b>{_e(choices[other])}</b>"
-        second = _e(choices[other]) if suite.name == "crows_pairs" else _e(choices[lab])
+        context = _e(str(r.get("context", "") or ""))
+        if preference:
+            other = max((j for j in range(len(choices)) if j != lab), key=lambda j: ll[i][j])
+            first = _e(choices[lab]) if suite.name == "crows_pairs" else f"{context} <b>{_e(choices[lab])}</b>"
+            second = _e(choices[other])
+        else:
+            first, second = f"{context} <b>{_e(choices[chosen[i]])}</b>", _e(choices[lab])
         rows.append([_e(r["example_id"]), _e(r.get("category", "")), f'<div class="text">{first}</div>',
                      f'<div class="text">{second}</div>', _num(margin[i], 3)])
     return f"<h3>{_e(title)}</h3>" + _table(header, rows, numeric={4})

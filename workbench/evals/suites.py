@@ -192,3 +192,32 @@ def load_group(name: str) -> list[GroupEntry]:
                                   optional=bool(item.get("optional", False)),
                                   params=dict(item.get("params", {}))))
     return entries
+
+
+# Metric functions (``workbench.evals.scoring.METRICS``) that compare the choices' likelihoods and
+# have no correct answer: CrowS-Pairs and the occupation-pronoun probe. Their label marks the
+# choice the metric counts (the stereotyped sentence, the male word), not a right answer.
+PREFERENCE_FNS = frozenset({"pct_stereotype", "likelihood_diff", "pref_first", "mean_ll_diff"})
+
+
+def is_preference_suite(suite: str, manifest: dict | None = None) -> bool:
+    """Whether every metric of a suite only compares its choices (so no example is "wrong").
+
+    Read from the suite file the run recorded (``manifest["suite"]["file"]``), else the built-in
+    suite of that name; a run whose suite file is gone counts as preference only for
+    ``crows_pairs``.
+
+    >>> is_preference_suite("occupation_pronoun"), is_preference_suite("true_false_facts")
+    (True, False)
+    """
+    recorded = ((manifest or {}).get("suite") or {}).get("file")
+    for source in (recorded, suite):
+        if not source:
+            continue
+        try:
+            spec = load_suite(source)
+        except (DataError, OSError):  # saved on another machine, or a suite since removed
+            continue
+        if spec.name == suite:
+            return bool(spec.metrics) and all(m["fn"] in PREFERENCE_FNS for m in spec.metrics)
+    return suite == "crows_pairs"

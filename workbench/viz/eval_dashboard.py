@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from workbench.evals.suites import is_preference_suite
 from workbench.viz._common import escape, guarded, refresh, set_status
 from workbench.viz.evals import _HOVER, _error_bars, _hover, eval_category_figure, eval_metrics_figure
 
@@ -115,38 +116,6 @@ def compare_category_figure(tables: Mapping[str, pd.DataFrame], metric: str, sui
     return fig
 
 
-# Metric functions (``workbench.evals.scoring.METRICS``) that compare the choices' likelihoods and
-# have no correct answer: CrowS-Pairs and the occupation-pronoun probe. Their label marks the
-# choice the metric counts (the stereotyped sentence, the male word), not a right answer.
-PREFERENCE_FNS = frozenset({"pct_stereotype", "likelihood_diff", "pref_first", "mean_ll_diff"})
-
-
-def is_preference_suite(suite: str, manifest: Mapping | None = None) -> bool:
-    """Whether every metric of a suite only compares its choices (so no example is "wrong").
-
-    Read from the suite file the run recorded (``manifest["suite"]["file"]``), else the built-in
-    suite of that name; a run whose suite file is gone counts as preference only for
-    ``crows_pairs``.
-
-    >>> is_preference_suite("occupation_pronoun"), is_preference_suite("true_false_facts")
-    (True, False)
-    """
-    from workbench.evals.data import DataError
-    from workbench.evals.suites import load_suite
-
-    recorded = ((manifest or {}).get("suite") or {}).get("file")
-    for source in (recorded, suite):
-        if not source:
-            continue
-        try:
-            spec = load_suite(source)
-        except (DataError, OSError):  # saved on another machine, or a suite since removed
-            continue
-        if spec.name == suite:
-            return bool(spec.metrics) and all(m["fn"] in PREFERENCE_FNS for m in spec.metrics)
-    return suite == "crows_pairs"
-
-
 def _scored(samples: pd.DataFrame, suite: str, preference: bool) -> tuple[str, pd.DataFrame, bool]:
     """Every example with its ranking score: ``(what the score is, table, rank only score > 0)``."""
     columns = ["example_id", "category", "text", "other", "loglik", "score"]
@@ -226,7 +195,7 @@ def drilldown_html(frame: pd.DataFrame, compare: Mapping[str, float] | None = No
     head = ["example_id", "category", "text", "other", "log-likelihoods", "score"]
     if compare is not None:
         head.append(f"score in {compare_label}")
-    cells = "".join(f"<th>{escape(h)}</th>" for h in head)
+    cells = "".join(f"<th style='padding:2px 6px;text-align:left'>{escape(h)}</th>" for h in head)
     body = []
     for r in frame.itertuples():
         ll = "" if r.loglik is None else ", ".join(f"{x:.3f}" for x in r.loglik)
