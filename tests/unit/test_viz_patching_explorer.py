@@ -108,3 +108,36 @@ def test_a_precomputed_sweep_is_shown_as_is(tiny_model):
         wb.PatchingExplorer(tiny_model, CLEAN, CORRUPT, answer=" mat", wrong=" house", result=res)
     with pytest.raises(ValueError, match="another clean prompt"):
         wb.PatchingExplorer(tiny_model, CORRUPT, CLEAN, answer=" house", wrong=" mat", result=res)
+
+
+def test_a_long_prompt_is_swept_one_window_of_positions_at_a_time(tiny_model):
+    clean = " ".join([CLEAN] * 6)
+    corrupt = " ".join([CLEAN] * 5 + [CORRUPT])
+    n = tiny_model.to_tokens(clean).shape[1]
+    assert n > 40
+    explorer = wb.PatchingExplorer(tiny_model, clean, corrupt, answer=" house", wrong=" mat", layers=[0, 1],
+                                   max_positions=16)
+    assert "#b00020" not in explorer.status.value, explorer.status.value
+    # the window that ends at the last position, where the metric reads the answer
+    assert explorer.result.positions == list(range(n - 16, n))
+    assert explorer.window.layout.display != "none" and explorer.window.value == n - 16
+    assert f"positions {n - 16}–{n - 1} of {n}" in explorer.status.value
+    assert len(explorer.heatmap.data[0].x) == 16
+    # the window's cells are the full sweep's cells at those positions
+    metric = wb.logit_diff(tiny_model, " house", " mat")
+    full = wb.patch_sweep(tiny_model, clean, corrupt, metric, layers=[0, 1], progress=False)
+    np.testing.assert_allclose(np.asarray(explorer.heatmap.data[0].z, dtype=float), full.values[:, n - 16:].numpy(),
+                               rtol=0, atol=1e-5)
+    # paging: another window, and its clicked cell is a cell of that window
+    explorer.window.value = 3
+    explorer.run_button.click()
+    assert explorer.result.positions == list(range(3, 19))
+    _click(explorer, row=1, column=0)
+    assert explorer.selected["column"] == 3
+    # head_out covers all positions (layer x head): no window
+    explorer.site.value = "head_out"
+    explorer.run_button.click()
+    assert explorer.window.layout.display == "none" and explorer.result.axes == ("head",)
+    # a short prompt: no window either
+    short = wb.PatchingExplorer(tiny_model, CLEAN, CORRUPT, answer=" house", wrong=" mat", layers=[0])
+    assert short.window.layout.display == "none" and "positions" not in short.status.value

@@ -91,6 +91,9 @@ class PatchingExplorer(w.VBox):
         site: a patching site (``wb.patching.SITES``).
         layers: restrict the sweep to these layers (default: all).
         k: next tokens shown for a clicked cell.
+        max_positions: a prompt longer than this is swept over a window of this many positions
+            (by default the last ones, where the answer is read; ``from pos`` pages through the
+            rest), so a 2,048-token prompt stays responsive. ``head_out`` covers all positions.
         run: run the sweep at once (otherwise on ``Run``).
         result: a sweep already computed for these prompts, answer and wrong tokens (shown
             without running it again; ``Run`` recomputes).
@@ -102,11 +105,12 @@ class PatchingExplorer(w.VBox):
     """
 
     def __init__(self, model: HookedLlama, clean: str = "", corrupt: str = "", answer: str = "", wrong: str = "",
-                 site: str = "resid_pre", layers=None, k: int = 5, run: bool = True,
-                 result: PatchResult | None = None):
+                 site: str = "resid_pre", layers=None, k: int = 5, max_positions: int = 96,
+                 run: bool = True, result: PatchResult | None = None):
         self.model = model
         self.layers = None if layers is None else list(layers)
         self.k = int(k)
+        self.max_positions = int(max_positions)
         wide = w.Layout(width="98%")
         self.clean = w.Text(value=clean, description="clean", layout=wide)
         self.corrupt = w.Text(value=corrupt, description="corrupt", layout=wide)
@@ -114,6 +118,10 @@ class PatchingExplorer(w.VBox):
         self.wrong = w.Text(value=wrong, description="wrong")
         self.site = w.Dropdown(options=list(SITES), value=site, description="site")
         self.run_button = w.Button(description="Run sweep", button_style="primary", icon="play")
+        # First position of the swept window; shown only for prompts longer than max_positions.
+        self.window = w.BoundedIntText(value=0, min=0, max=0, description="from pos",
+                                       layout=w.Layout(width="160px", display="none"))
+        self._window_for: str | None = None  # the prompt the window was last placed for
         self.progress = w.Output()  # tqdm.auto draws its bar here (an ipywidgets bar in a notebook)
         self.status = w.HTML()
         self.heatmap = go.FigureWidget()
@@ -126,7 +134,7 @@ class PatchingExplorer(w.VBox):
         self._run_inputs = None
         self.run_button.on_click(lambda _: guarded(self.status, self.run))
         body = w.HBox([self.heatmap, self.detail], layout=w.Layout(flex_flow="row wrap", align_items="flex-start"))
-        super().__init__([self.clean, self.corrupt, w.HBox([self.answer, self.wrong, self.site, self.run_button]),
+        super().__init__([self.clean, self.corrupt, w.HBox([self.answer, self.wrong, self.site, self.window, self.run_button]),
                           self.progress, self.status, body])
         self.add_class("wb-patching-explorer")
         if result is not None:
@@ -152,14 +160,31 @@ class PatchingExplorer(w.VBox):
         if not clean.strip() or not corrupt.strip():
             raise ValueError("enter both a clean and a corrupted prompt")
         metric = logit_diff(self.model, self.answer.value, self.wrong.value)
+        positions, n_tokens = self._positions(clean)
         set_status(self.status, f"patching {self.site.value}…")
         self.progress.clear_output()
         with self.progress:
             result = patch_sweep(self.model, clean, corrupt, metric, site=self.site.value, layers=self.layers,
-                                 progress=True)
-        self._show(result, (clean, corrupt, metric))
+                                 positions=positions, progress=True)
+        note = "" if positions is None else (f"; positions {positions[0]}–{positions[-1]} of {n_tokens} "
+                                             "(set 'from pos' and run again for others)")
+        self._show(result, (clean, corrupt, metric), note)
 
-    def _show(self, result: PatchResult, inputs: tuple) -> None:
+    def _positions(self, clean: str) -> tuple[list[int] | None, int]:
+        """The window of positions to sweep (``None``: all) and the prompt's token count."""
+        n = int(self.model.to_tokens(clean).shape[1])
+        if n <= self.max_positions or "pos" not in get_site(self.site.value).axes:
+            self.window.layout.display = "none"
+            return None, n
+        self.window.layout.display = None
+        self.window.max = n - 1
+        if self._window_for != clean:  # a new prompt: the window that ends where the answer is read
+            self.window.value = n - self.max_positions
+            self._window_for = clean
+        start = self.window.value
+        return list(range(start, min(start + self.max_positions, n))), n
+
+    def _show(self, result: PatchResult, inputs: tuple, note: str = "") -> None:
         self.result = result
         self._run_inputs = inputs
         # Two title lines: on one, the metric's name and values run past plotly's default width.
@@ -170,7 +195,7 @@ class PatchingExplorer(w.VBox):
         self.heatmap.data[0].on_click(self._clicked)
         self.detail.value = "<i>click a cell to see the prediction with only that cell patched</i>"
         set_status(self.status, f"{result.metric_name}: clean {result.clean_value:.3f}, "
-                                f"corrupted {result.corrupt_value:.3f}; {result.values.numel()} cells")
+                                f"corrupted {result.corrupt_value:.3f}; {result.values.numel()} cells{note}")
 
     def _clicked(self, trace, points, state) -> None:
         if points is None or not points.xs:
