@@ -130,9 +130,11 @@ def test_pack_rows_builds_the_prefix_tree():
     assert row.parent == [-1, 0, 1, 1, 3, 0, -1]
     assert dict(zip(row.seqs, row.paths)) == {(1, 2): [0, 1], (1, 2, 3): [0, 1, 2], (1, 2, 4, 5): [0, 1, 3, 4],
                                               (1, 6): [0, 5], (7,): [6]}
-    # a row budget of 3 nodes: a new row restarts the tree; a longer input gets its own row
+    # a row budget of 3 nodes: the (1, 2, ...) tree splits into [1 2 3] and [1 2 4 5] (longer than
+    # the budget: a row of its own); pieces fill rows largest first, so (1, 6) and (7,) share one
     rows = _pack_rows(inputs, row_tokens=3)
-    assert [r.tokens for r in rows] == [[1, 2, 3], [1, 2, 4, 5], [1, 6, 7]]
+    assert [r.tokens for r in rows] == [[1, 2, 4, 5], [1, 2, 3], [1, 6, 7]]
+    assert sorted(seq for r in rows for seq in r.seqs) == inputs
 
 
 def test_encode_pair_follows_the_checkpoint_tokenizers_own_bos_default(tiny_model):

@@ -27,6 +27,7 @@ options of one question) runs once; packed rows are batched under a token budget
 from __future__ import annotations
 
 import copy
+import itertools
 import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -219,9 +220,30 @@ class _PackedRow:
 
 
 def _pack_rows(inputs: list[tuple[int, ...]], row_tokens: int) -> list[_PackedRow]:
-    """Pack lexicographically sorted ``inputs`` into rows of at most ``row_tokens`` tree nodes
-    (an input longer than that gets a row of its own). In sorted order an input shares its
-    longest prefix with the one just before it, so only its remaining tokens are new nodes."""
+    """Pack lexicographically sorted ``inputs`` into prefix-tree rows of at most ``row_tokens``
+    nodes (an input longer than that gets a row of its own).
+
+    Inputs sharing their first two tokens (a sentence pair, the options of one question) form
+    a tree first, split into pieces that fit; pieces then go into rows first-fit, largest first,
+    so rows end up nearly full (little padding in a batch), and each row's tree is rebuilt over
+    all its inputs so they share any prefix at all (the BOS token, at least)."""
+    pieces = [piece for _, run in itertools.groupby(inputs, key=lambda seq: seq[:2])
+              for piece in _fill_rows(list(run), row_tokens)]
+    bins: list[tuple[int, list[tuple[int, ...]]]] = []  # (nodes, inputs); merged trees are no larger
+    for piece in sorted(pieces, key=lambda piece: -len(piece.tokens)):
+        for i, (nodes, seqs) in enumerate(bins):
+            if nodes + len(piece.tokens) <= row_tokens:
+                bins[i] = (nodes + len(piece.tokens), seqs + piece.seqs)
+                break
+        else:
+            bins.append((len(piece.tokens), list(piece.seqs)))
+    return [_fill_rows(sorted(seqs), row_tokens=max(row_tokens, nodes))[0] for nodes, seqs in bins]
+
+
+def _fill_rows(inputs: list[tuple[int, ...]], row_tokens: int) -> list[_PackedRow]:
+    """Sorted ``inputs`` into consecutive rows of at most ``row_tokens`` nodes. In sorted order
+    an input shares its longest prefix with the one just before it, so only its remaining
+    tokens are new nodes."""
     rows: list[_PackedRow] = []
     row: _PackedRow | None = None
     for seq in inputs:
