@@ -159,21 +159,20 @@ def _score_plain(model, encoded, order, results, batch_tokens, max_batch, advanc
                  row_tokens: int = ROW_TOKENS) -> None:
     """Score requests by running each distinct token prefix once (prefix-tree packing).
 
-    A request's model input is ``context + continuation[:-1]``; inputs sorted
-    lexicographically put those that share a prefix side by side, and each packed row holds
-    the tree of a run of them: every token once, at the position (``position_ids``) of its
-    depth, attending to its own ancestors only (a 4D attention mask). Each token's logits are
+    A request's model input is ``context + continuation[:-1]``; each packed row holds the
+    prefix tree of some inputs (see ``_pack_rows``): every token once, at the position
+    (``position_ids``) of its depth, attending to its own ancestors only (a 4D attention
+    mask). Each token's logits are
     those of the same token in its own unpacked sequence (to float rounding); a prefix shared
     by several requests (CrowS-Pairs' sentence pairs, the options of one question, or just a
     common first word) is computed once. Rows of about ``row_tokens`` go ``batch_tokens`` at a
     time into one forward through the bridge, so open hooks fire on every token (hooks see packed
     rows, not one request per row).
     """
-    inputs = sorted({encoded[i].context + encoded[i].continuation[:-1] for i in order})
-    users: dict[tuple[int, ...], list[int]] = {}
+    users: dict[tuple[int, ...], list[int]] = {}  # model input -> the requests reading its logits
     for i in order:
         users.setdefault(encoded[i].context + encoded[i].continuation[:-1], []).append(i)
-    rows = _pack_rows(inputs, row_tokens)
+    rows = _pack_rows(sorted(users), row_tokens)
     device = _device(model)
     pad = _pad_id(model)
     dtype = _float_dtype(model)
