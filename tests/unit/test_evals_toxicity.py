@@ -363,8 +363,18 @@ def test_run_suite_passes_toxicity_parameters_and_rejects_strangers(tiny_model, 
         wb.run_suite(tiny_model, "toxicity", data_dir=data, progress=False, suite_params={"bbq": {}})
 
 
-def test_cli_toxicity_flags_only_with_the_toxicity_suite(capsys):
+def test_cli_toxicity_flags(hf_folder, data, tmp_path, capsys):
     from workbench.cli import main
+    from workbench.evals import EvalResult
 
+    out = tmp_path / "runs" / "tox"
+    argv = ["eval", "--model", str(hf_folder[0]), "--suite", "toxicity", "--data-dir", str(data),
+            "--toxicity-mode", "quick", "--scorer", "profanity-check", "--limit", "2", "--out", str(out)]
+    assert main(argv) == 0
+    assert "expected_max_toxicity" in capsys.readouterr().out
+    manifest = EvalResult.load(out / "toxicity").manifest
+    assert manifest["sampling"]["mode"] == "quick" and manifest["sampling"]["k"] == tox.MODES["quick"].k
+    assert manifest["scorer"]["name"] == "profanity-check" and manifest["params"]["mode"] == "quick"
+    # the same flags on a suite without toxicity are refused before any model is loaded
     assert main(["eval", "--suite", "crows_pairs", "--scorer", "profanity-check"]) == 2
     assert "apply to the toxicity suite" in capsys.readouterr().out
