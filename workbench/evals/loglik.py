@@ -114,7 +114,8 @@ def loglikelihood(
             ``min_saved_tokens`` positions (``(n_requests - 1) * len(context)``); pass 1 and 0
             to always share.
         row_tokens: prefix-tree nodes per packed row for the other requests (see
-            ``_score_plain``).
+            ``_score_plain``); 1 gives every distinct input a row of its own, positions
+            0..n-1 (what a hook that indexes positions expects).
         progress: show a tqdm bar (``True``), or a callable ``advance(n)`` to report to.
 
     Returns:
