@@ -194,14 +194,15 @@ def _score_plain(model, encoded, order, results, batch_tokens, max_batch, advanc
         logits = model(tokens.to(device), attention_mask=mask.to(device), position_ids=positions.to(device))
         done = 0
         for b, row in enumerate(batch):
+            # once per row: requests sharing a prefix read the same nodes
+            logprobs = F.log_softmax(logits[b, : len(row.tokens)].float(), dim=-1)
             for seq, path in zip(row.seqs, row.paths):
                 for i in users[seq]:
                     enc = encoded[i]
                     # logits at a node predict the next token: the context's last node onwards
                     nodes = torch.tensor(path[len(enc.context) - 1:], device=device)
                     target = torch.tensor(enc.continuation, device=device)
-                    logprobs = F.log_softmax(logits[b, nodes].float(), dim=-1)
-                    results[i] = (float(logprobs.gather(-1, target[:, None]).sum()), len(target))
+                    results[i] = (float(logprobs[nodes].gather(-1, target[:, None]).sum()), len(target))
                     done += 1
         advance(done)
 
