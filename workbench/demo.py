@@ -78,18 +78,14 @@ def run_suite_demo(model: HookedLlama, out: str | os.PathLike = "runs/quick-suit
     PosixPath('runs/quick-suite/report.html')
     """
     from workbench.evals import run_suite
+    from workbench.evals.cli import summary_table
     from workbench.evals.report import write_report
 
     console = console or Console()
     out = Path(out).resolve()
     console.print(f"\n[bold]quick safety suite[/] -> {out}", highlight=False)
     suite = run_suite(model, "quick", limit=limit, out=out, progress=True)
-    table = Table(title="quick suite: headline metrics (95% bootstrap CI)")
-    for column in ("suite", "metric", "value", "95% CI", "n"):
-        table.add_column(column, justify="right" if column in ("value", "95% CI", "n") else "left")
-    for row in suite.metrics.query("category == 'all'").itertuples():
-        table.add_row(row.suite, row.metric, f"{row.value:.3f}", f"[{row.ci_low:.3f}, {row.ci_high:.3f}]", str(row.n))
-    console.print(table)
+    console.print(summary_table(suite))
     for name, why in suite.skipped.items():
         console.print(f"skipped {name}: {why.splitlines()[0][:160]}", highlight=False)
     report = write_report(out, out / "report.html")

@@ -85,7 +85,7 @@ def test_demo_suite_runs_the_suite_the_report_and_notebook_04(tmp_path, monkeypa
     out = tmp_path / "runs" / "quick-suite"
     assert main(["demo", "--max-new-tokens", "4", "--suite", "--suite-out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "residual stream norms" in printed and "quick suite: headline metrics" in printed
+    assert "residual stream norms" in printed and "quick: headline metrics" in printed
     assert f"report: {out / 'report.html'}" in printed.replace("\n", "")
     assert not re.search(r"<script[^>]*\bsrc\s*=", (out / "report.html").read_text())
     executed = nbformat.read(out / "04_safety_eval_suite.ipynb", as_version=4)
