@@ -2,9 +2,9 @@
 
 Everything the server writes (config, runtime files, workspaces, settings, the notebook copy)
 lives in a temporary folder, so a run neither reads the user's Jupyter set-up nor leaves anything
-behind. A notebook test is: ``with jupyterlab(tmp, [nb]) as lab``, ``page, errors =
-open_notebook(browser, lab, nb.name)``, ``run_all(page, lab)``, then its own checks, with
-``output_failures(page)`` and ``errors`` empty at the end.
+behind. A notebook test is: ``with notebook_run(browser, tmp, nb) as (page, errors)`` (JupyterLab up, the
+notebook open, every cell run, no error in any output), then its own checks, with
+``output_failures(page)`` and ``errors`` empty at the end, and ``publish_screenshots(names)``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+REPO = Path(__file__).parents[2]
+ARTIFACTS = REPO / "runs" / "test-artifacts" / "browser"  # gitignored
+SCREENSHOTS = REPO / "docs" / "screenshots"  # the README's
 
 # The "get Jupyter news?" toast and the update check would cover widgets in the screenshots and
 # reach for the internet.
@@ -223,3 +227,28 @@ def clipped_parts(widget) -> list[str]:
     """Plot parts (figure, title, colour bar, legend, tick labels) that an element with hidden
     overflow cuts off inside ``widget``: the SVG itself, or a box narrower than the figure."""
     return widget.evaluate(_CLIPPED_JS)
+
+
+@contextlib.contextmanager
+def notebook_run(browser, workdir: Path, notebook: Path, on_timeout: Path):
+    """JupyterLab with ``notebook`` open in a page and every cell run without an error in any
+    output; yields ``(page, console_errors)``."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with jupyterlab(workdir, [notebook]) as lab:
+        page, console_errors = open_notebook(browser, lab, notebook.name)
+        run_all(page, lab, on_timeout=on_timeout)
+        assert not output_failures(page), f"errors in outputs: {output_failures(page)}"
+        yield page, console_errors
+
+
+def plot_title(plot) -> str:
+    """The title text of a plotly plot in the page."""
+    return plot.locator(".gtitle").first.text_content() or ""
+
+
+def publish_screenshots(names) -> None:
+    """With WORKBENCH_UPDATE_SCREENSHOTS=1, copy ``ARTIFACTS/<name>.png`` over the README's."""
+    if os.environ.get("WORKBENCH_UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            shutil.copy(ARTIFACTS / f"{name}.png", SCREENSHOTS / f"{name}.png")

@@ -9,36 +9,22 @@ WORKBENCH_UPDATE_SCREENSHOTS=1 they also replace the README's docs/screenshots/.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-from pathlib import Path
 
 import pytest
-from lab import jupyterlab, open_notebook, output_failures, run_all, screenshot, wait_for
+from lab import ARTIFACTS, REPO, notebook_run, output_failures, plot_title, publish_screenshots, screenshot, wait_for
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).parents[2]
-ARTIFACTS = REPO / "runs" / "test-artifacts" / "browser"
-SCREENSHOTS = REPO / "docs" / "screenshots"
 TIMEOUT_SHOT = ARTIFACTS / "timeout.png"
 WIDGETS = {"attention_viewer": ".wb-attention-viewer", "logit_lens": ".wb-logit-lens",
            "model_explorer": ".wb-model-explorer", "probe_explorer": ".wb-probe-explorer"}
 XSS = '<script>window.__wb_xss=1</script> <img src=x onerror="window.__wb_xss=2"> done'
 
 
-def _title(locator) -> str:
-    return locator.locator(".gtitle").first.text_content() or ""
-
-
 def test_quickstart_runs_in_jupyterlab(browser, tmp_path):
     notebook = REPO / "notebooks" / "00_quickstart.ipynb"
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with jupyterlab(tmp_path, [notebook]) as lab:
-        page, console_errors = open_notebook(browser, lab, notebook.name)
-        run_all(page, lab, on_timeout=TIMEOUT_SHOT)
-        assert not output_failures(page), f"errors in outputs: {output_failures(page)}"
+    with notebook_run(browser, tmp_path, notebook, TIMEOUT_SHOT) as (page, console_errors):
 
         attention = page.locator(".wb-attention-viewer")
         lens = page.locator(".wb-logit-lens")
@@ -52,7 +38,7 @@ def test_quickstart_runs_in_jupyterlab(browser, tmp_path):
         assert lens.locator("input[type=text]").count() == 2  # prompt, target
         assert explorer.locator("select option").count() > 10  # the hook catalogue
         assert page.locator(".js-plotly-plot .main-svg").count() >= 6  # + the plain fig in cell 6
-        assert _title(attention.locator(".js-plotly-plot").first).startswith("layer 5, head 0")
+        assert plot_title(attention.locator(".js-plotly-plot").first).startswith("layer 5, head 0")
         heatmap_cells = attention.locator(".js-plotly-plot").first.locator(".hm image, .heatmaplayer image")
         assert heatmap_cells.count() >= 1
         for name, widget in WIDGETS.items():
@@ -65,9 +51,9 @@ def test_quickstart_runs_in_jupyterlab(browser, tmp_path):
         page.keyboard.press("Control+A")
         page.keyboard.type("7")
         page.keyboard.press("Enter")
-        wait_for(lambda: _title(attention.locator(".js-plotly-plot").first).startswith("layer 7, head 0"), 60,
+        wait_for(lambda: plot_title(attention.locator(".js-plotly-plot").first).startswith("layer 7, head 0"), 60,
                  "the heatmap to redraw for layer 7", page, on_timeout=TIMEOUT_SHOT)
-        wait_for(lambda: _title(attention.locator(".js-plotly-plot").nth(1)).startswith("layer 7"), 60,
+        wait_for(lambda: plot_title(attention.locator(".js-plotly-plot").nth(1)).startswith("layer 7"), 60,
                  "the head grid to redraw for layer 7", page, on_timeout=TIMEOUT_SHOT)
 
         # Text from the prompt renders as text: no element is created and nothing runs.
@@ -88,27 +74,24 @@ def test_quickstart_runs_in_jupyterlab(browser, tmp_path):
         target = lens.locator("input[type=text]").nth(1)
         target.fill(" London")
         target.press("Enter")
-        wait_for(lambda: "London" in _title(lens.locator(".js-plotly-plot").nth(1)), 60,
+        wait_for(lambda: "London" in plot_title(lens.locator(".js-plotly-plot").nth(1)), 60,
                  "the target curve to redraw for ' London'", page, on_timeout=TIMEOUT_SHOT)
 
         # The explorer's search narrows the catalogue and the first match's activation is drawn.
         search = explorer.locator("input[type=text]").first
         search.fill("attention pattern")
         search.press("Enter")
-        wait_for(lambda: _title(explorer.locator(".js-plotly-plot").first).startswith("blocks.0.attn.hook_pattern"),
+        wait_for(lambda: plot_title(explorer.locator(".js-plotly-plot").first).startswith("blocks.0.attn.hook_pattern"),
                  60, "the explorer to show blocks.0.attn.hook_pattern", page, on_timeout=TIMEOUT_SHOT)
         assert explorer.locator("select option").count() == 30  # one pattern hook per layer
 
         # The probe explorer's layer picker redraws the projection for that layer.
         probes.locator("select").nth(1).select_option("blocks.5.hook_resid_post")
-        wait_for(lambda: "blocks.5.hook_resid_post" in _title(probes.locator(".js-plotly-plot").nth(1)), 60,
+        wait_for(lambda: "blocks.5.hook_resid_post" in plot_title(probes.locator(".js-plotly-plot").nth(1)), 60,
                  "the probe projection to redraw for layer 5", page, on_timeout=TIMEOUT_SHOT)
 
         assert not output_failures(page), f"errors in outputs after interaction: {output_failures(page)}"
         page.screenshot(path=str(ARTIFACTS / "notebook.png"), full_page=True)
         page.close()
     assert not console_errors, "JavaScript errors:\n" + "\n".join(console_errors)
-    if os.environ.get("WORKBENCH_UPDATE_SCREENSHOTS") == "1":
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        for name in WIDGETS:
-            shutil.copy(ARTIFACTS / f"{name}.png", SCREENSHOTS / f"{name}.png")
+    publish_screenshots(WIDGETS)

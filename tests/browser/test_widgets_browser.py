@@ -11,30 +11,21 @@ the README's docs/screenshots/.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
-from lab import (click_heatmap_cell, clipped_parts, jupyterlab, open_notebook, output_failures, run_all,
-                 screenshot, set_slider_readout, wait_for)
+from lab import (ARTIFACTS, click_heatmap_cell, clipped_parts, notebook_run, output_failures, plot_title,
+                 publish_screenshots, screenshot, set_slider_readout, wait_for)
 
 pytestmark = pytest.mark.integration
 
 HERE = Path(__file__).parent
-REPO = HERE.parents[1]
-ARTIFACTS = REPO / "runs" / "test-artifacts" / "browser"
-SCREENSHOTS = REPO / "docs" / "screenshots"
 TIMEOUT_SHOT = ARTIFACTS / "widgets_timeout.png"
 SHOTS = ("patching_explorer", "steering_generator", "eval_dashboard")
 # What the notebook builds (kept in step with widgets_tour.ipynb).
 LAYERS = [0, 10, 20, 21, 22, 24, 29]
 N_TOKENS = 15  # "<|im_start|>When Mary and John went to the store, John gave a drink to"
-
-
-def _title(plot) -> str:
-    return plot.locator(".gtitle").first.text_content() or ""
 
 
 def _ticks(plot, axis: str) -> list[str]:
@@ -51,11 +42,7 @@ def _wait(predicate, what: str, page, timeout: float = 60):
 
 def test_experiment_widgets_run_in_jupyterlab(browser, tmp_path):
     notebook = HERE / "widgets_tour.ipynb"
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with jupyterlab(tmp_path, [notebook]) as lab:
-        page, console_errors = open_notebook(browser, lab, notebook.name)
-        run_all(page, lab, on_timeout=TIMEOUT_SHOT)
-        assert not output_failures(page), f"errors in outputs: {output_failures(page)}"
+    with notebook_run(browser, tmp_path, notebook, TIMEOUT_SHOT) as (page, console_errors):
 
         # --- Patching explorer: nothing is computed until Run sweep is pressed in the page.
         patching = page.locator(".wb-patching-explorer")
@@ -71,7 +58,7 @@ def test_experiment_widgets_run_in_jupyterlab(browser, tmp_path):
         assert _ticks(heatmap, "y") == [f"L{layer}" for layer in LAYERS]
         x_ticks = _ticks(heatmap, "x")
         assert len(x_ticks) == N_TOKENS and x_ticks[10] == "10: John" and x_ticks[14] == "14: to", x_ticks
-        assert "resid_pre" in _title(heatmap)
+        assert "resid_pre" in plot_title(heatmap)
         # The last position at layer 22, half-way through the hand-over of the name.
         detail = patching.locator(".widget-html").last
         click_heatmap_cell(heatmap, row=LAYERS.index(22), column=14, n_rows=len(LAYERS), n_columns=N_TOKENS)
@@ -134,7 +121,7 @@ def test_experiment_widgets_run_in_jupyterlab(browser, tmp_path):
         screenshot(page, dashboard, ARTIFACTS / "eval_dashboard.png")
         # Another suite: its metric and categories replace the first suite's.
         selects.nth(0).select_option("true_false_facts")
-        _wait(lambda: "true_false_facts: acc" in _title(plots.nth(1)), "the dashboard to switch suite", page)
+        _wait(lambda: "true_false_facts: acc" in plot_title(plots.nth(1)), "the dashboard to switch suite", page)
         assert _ticks(plots.nth(1), "x") == ["all", "arithmetic", "geography", "history", "nature", "science"]
         assert "most confidently wrong" in dashboard.inner_text()  # true/false facts do have a correct answer
 
@@ -142,7 +129,4 @@ def test_experiment_widgets_run_in_jupyterlab(browser, tmp_path):
         page.screenshot(path=str(ARTIFACTS / "widgets_notebook.png"), full_page=True)
         page.close()
     assert not console_errors, "JavaScript errors:\n" + "\n".join(console_errors)
-    if os.environ.get("WORKBENCH_UPDATE_SCREENSHOTS") == "1":
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        for name in SHOTS:
-            shutil.copy(ARTIFACTS / f"{name}.png", SCREENSHOTS / f"{name}.png")
+    publish_screenshots(SHOTS)
