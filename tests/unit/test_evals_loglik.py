@@ -76,6 +76,26 @@ def test_hooks_on_the_model_apply(tiny_model):
     assert during[0][0] == pytest.approx(float(lp), abs=1e-4)
 
 
+def test_scoring_uses_fused_attention_unless_the_pattern_is_hooked(tiny_model, monkeypatch):
+    from workbench.models.fast_attention import sdpa_enabled
+
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    fused = loglikelihood(tiny_model, REQUESTS)
+    assert len(calls) > 0
+    assert not any(sdpa_enabled(b.attn) for b in tiny_model.bridge.blocks)  # restored
+    for (context, continuation), (ll, _) in zip(REQUESTS, fused):
+        assert ll == pytest.approx(direct_hf(tiny_model, context, continuation)[0], abs=1e-4)
+    calls.clear()
+    patterns = []
+    with tiny_model.hooks([("blocks.0.attn.hook_pattern", lambda act, hook: patterns.append(act.shape))]):
+        hooked = loglikelihood(tiny_model, REQUESTS)
+    assert patterns  # a pattern hook still sees the pattern: that layer takes the original path
+    assert len(calls) == (len(tiny_model.bridge.blocks) - 1) * len(patterns)  # the others: fused
+    assert [ll for ll, _ in hooked] == pytest.approx([ll for ll, _ in fused], abs=1e-4)
+
+
 def test_empty_continuation_is_an_error(tiny_model):
     with pytest.raises(ValueError, match="empty continuation"):
         loglikelihood(tiny_model, [("the cat", "")])

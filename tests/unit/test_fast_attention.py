@@ -8,6 +8,7 @@ from workbench.models.fast_attention import (
     disable_sdpa_when_unhooked,
     enable_sdpa_when_unhooked,
     sdpa_enabled,
+    sdpa_while,
 )
 
 TEXTS = ["the cat sat on the mat and the dog ran to the house", "what is the capital of france ?"]
@@ -203,6 +204,23 @@ def test_enable_disable_are_idempotent_and_per_instance(model, tiny_model):
     assert not any(sdpa_enabled(b.attn) for b in model.bridge.blocks)
     assert "forward" not in vars(model.bridge.blocks[0].attn)
     assert [sdpa_enabled(b.attn) for b in tiny_model.bridge.blocks] == others  # untouched
+
+
+def test_sdpa_while_restores_what_was_there(model):
+    blocks = model.bridge.blocks
+    with sdpa_while(model.bridge):
+        assert all(sdpa_enabled(b.attn) for b in blocks)
+    assert not any(sdpa_enabled(b.attn) for b in blocks)
+    enable_sdpa_when_unhooked(model.bridge)
+    try:
+        with sdpa_while(model.bridge):
+            pass
+        assert all(sdpa_enabled(b.attn) for b in blocks)  # enabled before: stays enabled
+    finally:
+        disable_sdpa_when_unhooked(model.bridge)
+    with pytest.raises(RuntimeError), sdpa_while(model.bridge):
+        raise RuntimeError("boom")
+    assert not any(sdpa_enabled(b.attn) for b in blocks)
 
 
 @torch.no_grad()

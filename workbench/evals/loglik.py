@@ -21,11 +21,15 @@ during evaluation. Speed: many requests sharing one long context (multiple choic
 context once and reuse its key/value cache for all the options, a primer common to all contexts
 (few-shot) runs once for all; every other request is packed with others into prefix trees, so a
 token prefix that several requests share (a sentence pair that differs in one word, short
-options of one question) runs once; packed rows are batched under a token budget.
+options of one question) runs once; packed rows are batched under a token budget. Attention
+runs fused (SDPA, as in lm-eval's Hugging Face model) while scoring, except in layers whose
+pattern or scores something hooks; scores therefore match a direct forward to float rounding
+(about 1e-5 on a sentence's summed log-likelihood), not bit for bit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import warnings
@@ -143,7 +147,7 @@ def loglikelihood(
               and any(len(encoded[i].continuation) > 1 for i in idx)}
     plain = [i for ctx, idx in groups.items() if ctx not in shared for i in idx]
 
-    with torch.no_grad():
+    with torch.no_grad(), _fused_attention(model):
         # Few-shot suites repeat one long primer in every context (TruthfulQA's 6-shot QA):
         # the primer's KV cache is computed once and each context continues from it.
         base = _common_prefix(list(shared), min_saved_tokens)
@@ -339,6 +343,18 @@ def _batches(order, length, batch_tokens, max_batch):
         longest = max(longest, n)
     if batch:
         yield batch
+
+
+def _fused_attention(model):
+    """Fused SDPA attention while scoring (as lm-eval's Hugging Face model has it): logits only
+    are read, so it changes them by float rounding only; a hook on the attention pattern or
+    scores still gets the original path (``workbench.models.fast_attention``)."""
+    bridge = getattr(model, "bridge", None)
+    if bridge is None:
+        return contextlib.nullcontext()
+    from workbench.models.fast_attention import sdpa_while
+
+    return sdpa_while(bridge)
 
 
 def _pad_id(model) -> int:

@@ -33,7 +33,8 @@ the same distance as between HF's own eager and SDPA attention.
 from __future__ import annotations
 
 import types
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -56,12 +57,7 @@ def enable_sdpa_when_unhooked(bridge: Any, *, low_precision: bool = False) -> in
     """
     count = 0
     for attn in _attention_bridges(bridge):
-        options = {"low_precision": low_precision}
-        attn.__dict__[_ATTR] = options
-        # An instance attribute shadows the class's forward for this module only.
-        # (GeneralizedComponent.__setattr__ would pass `forward` on to the HF module, so the
-        # instance dict is written directly.)
-        attn.__dict__["forward"] = types.MethodType(_forward, attn)
+        _wrap(attn, low_precision)
         count += 1
     return count
 
@@ -69,13 +65,44 @@ def enable_sdpa_when_unhooked(bridge: Any, *, low_precision: bool = False) -> in
 def disable_sdpa_when_unhooked(bridge: Any) -> None:
     """Undo :func:`enable_sdpa_when_unhooked`: every attention runs the original forward."""
     for attn in _attention_bridges(bridge):
-        attn.__dict__.pop("forward", None)
-        attn.__dict__.pop(_ATTR, None)
+        _unwrap(attn)
+
+
+@contextmanager
+def sdpa_while(bridge: Any) -> Iterator[None]:
+    """Fused attention (as :func:`enable_sdpa_when_unhooked`) for the duration of the block.
+
+    Attentions that already had it keep it afterwards; the others get their original forward
+    back. Evaluations use this: they read only logits, and a hook on ``hook_pattern`` or
+    ``hook_attn_scores`` (an attention study running under the eval) still takes the original
+    path, so it sees what it always sees.
+    """
+    added = [attn for attn in _attention_bridges(bridge) if not sdpa_enabled(attn)]
+    for attn in added:
+        _wrap(attn, low_precision=False)
+    try:
+        yield
+    finally:
+        for attn in added:
+            _unwrap(attn)
 
 
 def sdpa_enabled(attn: Any) -> bool:
     """Whether ``attn`` (one block's attention bridge) has the fused path."""
     return _ATTR in attn.__dict__
+
+
+def _wrap(attn: Any, low_precision: bool) -> None:
+    attn.__dict__[_ATTR] = {"low_precision": low_precision}
+    # An instance attribute shadows the class's forward for this module only.
+    # (GeneralizedComponent.__setattr__ would pass `forward` on to the HF module, so the
+    # instance dict is written directly.)
+    attn.__dict__["forward"] = types.MethodType(_forward, attn)
+
+
+def _unwrap(attn: Any) -> None:
+    attn.__dict__.pop("forward", None)
+    attn.__dict__.pop(_ATTR, None)
 
 
 def _attention_bridges(bridge: Any):

@@ -71,6 +71,7 @@ def load_model(
         fast_attention: compute attention with fused SDPA whenever no hook looks inside it
             (``hook_attn_scores`` / ``hook_pattern``); see ``workbench.models.fast_attention``.
             Off by default: results then differ from eager attention by float rounding.
+            Log-likelihood evaluations (``run_eval``) use it while scoring either way.
 
     Returns:
         A :class:`HookedLlama`.
