@@ -47,6 +47,9 @@ MIN_SAVED_TOKENS = 64
 # Tokens per packed prefix-tree row (see _score_plain): long enough to hold many short requests,
 # short enough that the row's attention (quadratic in it) stays cheap next to the MLPs.
 ROW_TOKENS = 128
+# Padded tokens and sequences per forward pass (memory bound).
+BATCH_TOKENS = 4096
+MAX_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -98,8 +101,8 @@ def loglikelihood(
     model: Any,
     requests: Sequence[tuple[str, str]],
     *,
-    batch_tokens: int = 4096,
-    max_batch: int = 64,
+    batch_tokens: int = BATCH_TOKENS,
+    max_batch: int = MAX_BATCH,
     min_shared_context: int = MIN_SHARED_CONTEXT,
     min_saved_tokens: int = MIN_SAVED_TOKENS,
     row_tokens: int = ROW_TOKENS,

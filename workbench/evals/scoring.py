@@ -15,7 +15,7 @@ import pandas as pd
 
 from workbench.evals import metrics as M
 from workbench.evals.data import DataError
-from workbench.evals.loglik import loglikelihood
+from workbench.evals.loglik import BATCH_TOKENS, loglikelihood
 from workbench.evals.suites import SuiteSpec
 
 # Metric name -> (function, sample columns passed to it as arrays, in order).
@@ -64,7 +64,7 @@ def render(spec: SuiteSpec, example: dict) -> tuple[str, list[list[str]]]:
 
 
 def score(model: Any, spec: SuiteSpec, examples: pd.DataFrame, *, progress: Any = False,
-          batch_tokens: int = 4096) -> pd.DataFrame:
+          batch_tokens: int = BATCH_TOKENS) -> pd.DataFrame:
     """Score every example; returns the samples table (see ``workbench.evals`` for columns)."""
     rendered = [render(spec, ex) for ex in examples.to_dict("records")]
     requests: list[tuple[str, str]] = []
