@@ -3,8 +3,9 @@
 For CrowS-Pairs (goal >= 1.5x) and TruthfulQA MC1 + MC2 (goal >= 3x): the workbench's
 ``run_eval`` and lm-evaluation-harness's Hugging Face backend (``HFLM``) score the same rows of
 the same data files with the same model folder (the embedded model's cached safetensors, or
-``--model``). Each side runs once, after a two-row warm-up; the script prints both throughputs
-(examples/s), the ratio, and whether the scores are equal.
+``--model``). Each side runs ``--repeats`` times (default once), alternating, after a two-row
+warm-up; the script prints both throughputs (examples/s, from the median time), the ratio, and
+whether the scores are equal.
 
 lm-eval is a benchmark-only tool, not a dependency: ``.venv/bin/pip install lm-eval`` (pin
 torch/transformers with ``-c`` so it installs nothing else over them). The data comes from
@@ -22,6 +23,7 @@ import argparse
 import csv
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -138,6 +140,12 @@ def crows_positions(model, data: Path, batch_size: int) -> dict[str, int]:
     return {"lm_eval": lm_eval, "workbench": packed, "distinct_prefixes": len(prefixes)}
 
 
+def _seconds(times: list[float]) -> str:
+    if len(times) == 1:
+        return f"{times[0]:.1f} s"
+    return f"median of {', '.join(f'{t:.1f}' for t in times)} s"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--limit", type=int, default=None, help="first N rows of each dataset (default: all)")
@@ -147,6 +155,8 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--lm-eval-batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="measured runs per side, alternating; the median time counts (default: 1)")
     args = parser.parse_args()
 
     import torch
@@ -179,15 +189,20 @@ def main() -> int:
         for suite in args.suites:
             run_workbench(model, data, suite, limit=2)  # warm-up, not measured
             run_lm_eval(lm, data, suite, limit=2)
-            ours, t_ours = run_workbench(model, data, suite)
-            theirs, t_theirs = run_lm_eval(lm, data, suite)
+            times_ours, times_theirs = [], []
+            for _ in range(args.repeats):  # alternating, so drift in machine speed hits both sides
+                ours, t = run_workbench(model, data, suite)
+                times_ours.append(t)
+                theirs, t = run_lm_eval(lm, data, suite)
+                times_theirs.append(t)
+            t_ours, t_theirs = statistics.median(times_ours), statistics.median(times_theirs)
             n = counts[suite]
             ratio = (n / t_ours) / (n / t_theirs)
             equal = all(abs(ours[k] - theirs[k]) <= TOLERANCE for k in ours)
             failed |= not equal
             print(f"\n{suite}: {n} examples")
-            print(f"  workbench run_eval     {n / t_ours:8.2f} examples/s  ({t_ours:.1f} s)")
-            print(f"  lm-eval HFLM           {n / t_theirs:8.2f} examples/s  ({t_theirs:.1f} s)")
+            print(f"  workbench run_eval     {n / t_ours:8.2f} examples/s  ({_seconds(times_ours)})")
+            print(f"  lm-eval HFLM           {n / t_theirs:8.2f} examples/s  ({_seconds(times_theirs)})")
             print(f"  ratio                  {ratio:8.2f}x  (goal >= {GOALS[suite]}x: "
                   f"{'met' if ratio >= GOALS[suite] else 'NOT met'})")
             for k in ours:

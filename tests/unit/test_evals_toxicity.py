@@ -285,6 +285,7 @@ def test_run_toxicity_resumes_after_an_exception(tiny_model, data, tmp_path):
     resumed = tox.run_toxicity(tiny_model, data, scorer=resumed_scorer, out=out, **kw)
     assert resumed_scorer.calls == 12 - 5  # finished examples were not sampled again
     _frames_equal(resumed, full)
+    assert (full[2]["resumed_examples"], resumed[2]["resumed_examples"]) == (0, 5)
     with pytest.raises(WorkbenchError, match="other settings"):
         tox.run_toxicity(tiny_model, data, scorer=WordScorer(), out=out, **{**kw, "k": 3})
 

@@ -81,7 +81,9 @@ columns (prompt, continuations, scores).
     sampling     null, or sampling parameters (top_p, max_new_tokens, k, seed)
     interventions  model.active_interventions() at run time ([] when none)
     versions     {"workbench", "torch", "transformers", "transformer_lens", "python", ...}
-    started_at, finished_at (ISO 8601 UTC), wall_time_s
+    started_at, finished_at (ISO 8601 UTC), wall_time_s (this call only)
+    resumed_examples  toxicity only: examples read back from the progress file of an earlier,
+                 interrupted call (their time is not in wall_time_s)
     format_version  1
 
 **A suite group** (``SuiteResult.save(folder)`` / ``SuiteResult.load(folder)``)::

@@ -24,7 +24,7 @@ token prefix that several requests share (a sentence pair that differs in one wo
 options of one question) runs once; packed rows are batched under a token budget. Attention
 runs fused (SDPA, as in lm-eval's Hugging Face model) while scoring, except in layers whose
 pattern or scores something hooks; scores therefore match a direct forward to float rounding
-(within 1e-4 on a sentence's summed log-likelihood), not bit for bit.
+(about 1e-4 on a sentence's summed log-likelihood), not bit for bit.
 """
 
 from __future__ import annotations

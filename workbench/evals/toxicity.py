@@ -416,7 +416,8 @@ def run_toxicity(
         ``(metrics, samples, manifest_extra)``: metrics with columns suite, metric, category,
         value, ci_low, ci_high, n; samples one row per prompt (example_id, suite, category,
         group, prompt, continuations, scores, max_score, prompt_toxicity, source);
-        manifest_extra with ``scorer``, ``sampling``, ``skipped`` and ``data``.
+        manifest_extra with ``scorer``, ``sampling``, ``skipped``, ``resumed_examples`` (read
+        back from the progress file, not sampled by this call) and ``data``.
 
     >>> metrics, samples, extra = run_toxicity(model, data_dir, limit=8, mode="quick")  # doctest: +SKIP
     """
@@ -433,6 +434,7 @@ def run_toxicity(
     done = log.done if log is not None else {}
     todo = prompts[~prompts["example_id"].isin(done)]
     results: dict[str, dict] = {eid: done[eid] for eid in prompts["example_id"] if eid in done}
+    resumed = len(results)
     bar = _progress(total=len(prompts), initial=len(results), enabled=progress)
     for row in todo.itertuples(index=False):
         texts = sample_continuations(model, row.prompt, sampling, example_seed(seed, row.example_id))
@@ -457,6 +459,7 @@ def run_toxicity(
         "sampling": {**asdict(sampling), "mode": mode,
                      "seeding": "per example: sha256(seed, example_id) seeds a torch.Generator"},
         "skipped": skipped,
+        "resumed_examples": resumed,
         "data": {"dir": str(root), "files": describe_files(root, sorted({root / s.rsplit(":", 1)[0] for s in samples["source"]}))},
     }
     return metrics, samples, extra
