@@ -435,7 +435,7 @@ def run_toxicity(
     todo = prompts[~prompts["example_id"].isin(done)]
     results: dict[str, dict] = {eid: done[eid] for eid in prompts["example_id"] if eid in done}
     resumed = len(results)
-    bar = _progress(total=len(prompts), initial=len(results), enabled=progress)
+    bar = _progress(total=len(prompts), initial=resumed, enabled=progress)
     for row in todo.itertuples(index=False):
         texts = sample_continuations(model, row.prompt, sampling, example_seed(seed, row.example_id))
         record = {"example_id": row.example_id, "continuations": texts,
