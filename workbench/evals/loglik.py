@@ -171,10 +171,10 @@ def _score_plain(model, encoded, order, results, batch_tokens, max_batch, advanc
     prefix tree of some inputs (see ``_pack_rows``): every token once, at the position
     (``position_ids``) of its depth, attending to its own ancestors only (a 4D attention
     mask). Each token's logits are those of the same token in its own unpacked sequence (to
-    float rounding); a prefix shared by several requests (CrowS-Pairs' sentence pairs, the options of one question, or just a
-    common first word) is computed once. Rows of about ``row_tokens`` go ``batch_tokens`` at a
-    time into one forward through the bridge, so open hooks fire on every token (hooks see packed
-    rows, not one request per row).
+    float rounding); a prefix shared by several requests (CrowS-Pairs' sentence pairs, the
+    options of one question, or just a common first word) is computed once. Rows of about
+    ``row_tokens`` go ``batch_tokens`` at a time into one forward through the bridge, so open
+    hooks fire on every token (hooks see packed rows, not one request per row).
     """
     users: dict[tuple[int, ...], list[int]] = {}  # model input -> the requests reading its logits
     for i in order:
