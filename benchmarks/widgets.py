@@ -60,7 +60,7 @@ def main() -> None:
 
     rows = [("forward (baseline)", forward)]
     start = time.perf_counter()
-    viewer = wb.AttentionViewer(model, prompt, layer=0)
+    viewer = wb.viz.AttentionViewer(model, prompt, layer=0)
     rows.append(("attention viewer: build", time.perf_counter() - start))
     layer_steps = {"attention: layer change -> 0": 0, f"attention: layer change -> {last // 2}": last // 2,
                    f"attention: layer change -> {last}": last}
@@ -76,7 +76,7 @@ def main() -> None:
     rows.append(("attention: head change", timed(lambda: setattr(viewer.head, "value", (viewer.head.value + 1) % model.cfg.n_heads), args.repeats)))
     rows.append(("attention: window change", timed(lambda: setattr(viewer.window, "value", (viewer.window.value + 1) % (viewer.window.max + 1)), args.repeats)))
     start = time.perf_counter()
-    lens = wb.LogitLensViewer(model, prompt, target=" Paris")
+    lens = wb.viz.LogitLensViewer(model, prompt, target=" Paris")
     rows.append(("logit lens viewer: build", time.perf_counter() - start))
     rows.append(("logit lens: window change", timed(lambda: setattr(lens.window, "value", (lens.window.value + 1) % (lens.window.max + 1)), args.repeats)))
 

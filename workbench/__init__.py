@@ -1,92 +1,85 @@
 """workbench: a Jupyter-first interpretability and safety workbench for LLaMA-family models.
 
+The public API, in the order of the flow: load a model, select its hooks, cache activations,
+probe / patch / evaluate, then look at the results (``wb.viz``: plots, widgets, the HTML report).
+Everything else lives in the subpackages (``workbench.models``, ``workbench.store``,
+``workbench.probing``, ``workbench.patching``, ``workbench.evals``, ``workbench.viz``,
+``workbench.distributed``), whose layers ``docs/architecture.md`` describes.
+
+Names are imported on first use, so ``import workbench`` is quick and importing one layer does
+not pull in the ones above it.
+
 >>> import workbench as wb
 >>> model = wb.load_model()                                  # doctest: +SKIP
 >>> logits, cache = model.run_with_cache("The capital of France is")  # doctest: +SKIP
 """
 
-from workbench.errors import CheckpointError, ChecksumError, WorkbenchError
-from workbench.evals import EvalResult, SuiteResult, list_suites, run_eval, run_suite
-from workbench.evals.data_pull import pull as pull_data
-from workbench.evals.report import write_report
-from workbench.evals.scorers import Scorer, get_scorer
-from workbench.hooks import hook_catalogue, names_filter_fn, select_hooks
-from workbench.models.hooked import HookedLlama, ModelSource
-from workbench.models.loading import detect_format, load_model
-from workbench.models.verify import VerifyReport, verify_checkpoint
-from workbench import probing as probes
-from workbench.patching import (
-    DoseResponse,
-    PatchResult,
-    PatchingError,
-    attribution_agreement,
-    attribution_patch,
-    dose_response,
-    kl_to_clean,
-    logit_diff,
-    patch_sweep,
-    token_alignment,
-    token_prob,
-)
-from workbench.probing import Direction, LinearProbe, MassMeanProbe, ProbeResult, RidgeProbe, probe_sweep
-from workbench.store import ActivationStore, ShardedArray, StoreError, cache_activations
-from workbench import viz
-from workbench.viz import AttentionViewer, LogitLensViewer, ModelExplorer, ProbeExplorer, logit_lens
-from workbench.viz import EvalDashboard, PatchingExplorer, SteeringGenerator
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ActivationStore",
-    "EvalResult",
-    "SuiteResult",
-    "list_suites",
-    "run_eval",
-    "run_suite",
-    "Scorer",
-    "get_scorer",
-    "pull_data",
-    "write_report",
-    "DoseResponse",
-    "PatchResult",
-    "PatchingError",
-    "attribution_agreement",
-    "attribution_patch",
-    "dose_response",
-    "kl_to_clean",
-    "logit_diff",
-    "patch_sweep",
-    "token_alignment",
-    "token_prob",
-    "AttentionViewer",
-    "EvalDashboard",
-    "LogitLensViewer",
-    "ModelExplorer",
-    "Direction",
-    "LinearProbe",
-    "MassMeanProbe",
-    "ProbeResult",
-    "RidgeProbe",
-    "CheckpointError",
-    "ChecksumError",
-    "HookedLlama",
-    "ModelSource",
-    "PatchingExplorer",
-    "ProbeExplorer",
-    "ShardedArray",
-    "SteeringGenerator",
-    "StoreError",
-    "VerifyReport",
-    "WorkbenchError",
-    "cache_activations",
-    "detect_format",
-    "hook_catalogue",
-    "load_model",
-    "logit_lens",
-    "names_filter_fn",
-    "probe_sweep",
-    "probes",
-    "select_hooks",
-    "verify_checkpoint",
-    "viz",
-]
+# name -> the module that defines it, grouped by the flow.
+_API: dict[str, str] = {
+    # load: a checkpoint in any format becomes a hooked model
+    "load_model": "workbench.models.loading",
+    "verify_checkpoint": "workbench.models.verify",
+    "HookedLlama": "workbench.models.hooked",
+    # hooks, directions and interventions (model.steer / model.ablate ...)
+    "select_hooks": "workbench.models.hooks",
+    "Direction": "workbench.models.direction",
+    "load_directions": "workbench.models.direction",
+    # store: activations over a dataset, on disk or in memory
+    "cache_activations": "workbench.store",
+    "ActivationStore": "workbench.store",
+    # probe: what each layer knows
+    "load_concept": "workbench.probing",
+    "probe_sweep": "workbench.probing",
+    "LinearProbe": "workbench.probing",
+    "MassMeanProbe": "workbench.probing",
+    "RidgeProbe": "workbench.probing",
+    # patch: what causes a behaviour
+    "patch_sweep": "workbench.patching",
+    "attribution_patch": "workbench.patching",
+    "attribution_agreement": "workbench.patching",
+    "dose_response": "workbench.patching",
+    "logit_diff": "workbench.patching",
+    "token_prob": "workbench.patching",
+    "kl_to_clean": "workbench.patching",
+    "token_alignment": "workbench.patching",
+    # evaluate: bias, toxicity, truthfulness suites
+    "run_eval": "workbench.evals",
+    "run_suite": "workbench.evals",
+    "list_suites": "workbench.evals",
+    "load_run": "workbench.evals",
+    "get_scorer": "workbench.evals",
+    "pull_data": "workbench.evals",
+    # views: plots and widgets (wb.viz.AttentionViewer ...), the offline HTML report
+    "viz": "workbench.viz",
+    "write_report": "workbench.viz",
+    # errors
+    "WorkbenchError": "workbench.common.errors",
+    "CheckpointError": "workbench.common.errors",
+    "ChecksumError": "workbench.common.errors",
+}
+
+__all__ = list(_API)
+
+_SUBPACKAGES = {"common", "models", "store", "probing", "patching", "evals", "viz", "distributed", "cli"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"workbench.{name}")
+    if name not in _API:
+        raise AttributeError(f"module 'workbench' has no attribute {name!r}")
+    module = importlib.import_module(_API[name])
+    value = module if module.__name__ == f"workbench.{name}" else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, *_SUBPACKAGES, "__version__"])

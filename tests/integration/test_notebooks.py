@@ -45,7 +45,7 @@ def test_logit_lens_on_the_embedded_model(embedded):
     """What the README's logit-lens screenshot shows: ' Paris' only emerges in the last layers."""
     import workbench as wb
 
-    lens = wb.logit_lens(embedded, "The capital of France is", target=" Paris", positions=[-1])
+    lens = wb.viz.logit_lens(embedded, "The capital of France is", target=" Paris", positions=[-1])
     curve = lens.target.set_index("layer")["prob"]
     last = embedded.cfg.n_layers - 1
     with torch.no_grad():

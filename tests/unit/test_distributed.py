@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.errors import WorkbenchError
+from workbench.common.errors import WorkbenchError
 from tiny_hf import WORDS
 
 pytest.importorskip("ray", reason="Ray is the optional `distributed` extra (installed by `make test`)")
@@ -120,5 +120,5 @@ def test_eval_cli_on_ray(hf_folder, tmp_path, monkeypatch):
     out = tmp_path / "run"
     assert main(["eval", "--model", str(hf_folder[0]), "--suite", "true_false_facts", "--out", str(out),
                  "--device", "cpu", "--ray", "local", "--workers", "2"]) == 0
-    res = wb.EvalResult.load(out / "true_false_facts")
+    res = wb.evals.EvalResult.load(out / "true_false_facts")
     assert len(res.samples) > 0 and "acc" in set(res.metrics["metric"])

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from workbench.cli import main
-from workbench.errors import WorkbenchError
+from workbench.common.errors import WorkbenchError
 from workbench.evals.report import load_run, report_html, write_report
 
 EVIL_SCRIPT = "<script>alert('pwned')</script>"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.errors import WorkbenchError
+from workbench.common.errors import WorkbenchError
 from workbench.evals.scorers import (
     NOT_PERSPECTIVE,
     HFClassifierScorer,

@@ -18,7 +18,7 @@ import transformers
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 import gguf_checkpoint as gc
-from workbench.errors import CheckpointError
+from workbench.common.errors import CheckpointError
 from workbench.models.gguf_format import load_gguf, read_gguf_metadata
 
 IDS = torch.tensor([[5, 17, 200, 3, 99, 250, 319, 0]])

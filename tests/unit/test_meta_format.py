@@ -19,7 +19,7 @@ import sentencepiece as spm
 import torch
 
 import meta_checkpoint as mc
-from workbench.errors import CheckpointError
+from workbench.common.errors import CheckpointError
 from workbench.models import meta
 from workbench.models.meta import (
     MetaParams,

@@ -132,21 +132,21 @@ def test_custom_metrics_probability_and_kl(tiny_model):
 
 
 def test_bad_input_gives_clear_errors(tiny_model, metric):
-    with pytest.raises(wb.PatchingError, match="unknown site 'resid'.*resid_pre"):
+    with pytest.raises(wb.patching.PatchingError, match="unknown site 'resid'.*resid_pre"):
         wb.patch_sweep(tiny_model, CLEAN, CORRUPT, metric, site="resid")
-    with pytest.raises(wb.PatchingError, match="positions: 40 is out of range"):
+    with pytest.raises(wb.patching.PatchingError, match="positions: 40 is out of range"):
         wb.patch_sweep(tiny_model, CLEAN, CORRUPT, metric, positions=[40])
-    with pytest.raises(wb.PatchingError, match="layers: 3 is out of range"):
+    with pytest.raises(wb.patching.PatchingError, match="layers: 3 is out of range"):
         wb.patch_sweep(tiny_model, CLEAN, CORRUPT, metric, layers=[3])
-    with pytest.raises(wb.PatchingError, match="same number of tokens.*token_alignment"):
+    with pytest.raises(wb.patching.PatchingError, match="same number of tokens.*token_alignment"):
         wb.patch_sweep(tiny_model, "the cat sat", "the cat sat on", metric)
-    with pytest.raises(wb.PatchingError, match="different token lengths.*#0: 3, #1: 4"):
+    with pytest.raises(wb.patching.PatchingError, match="different token lengths.*#0: 3, #1: 4"):
         wb.patch_sweep(tiny_model, ["the cat", "the cat sat"], ["a dog", "a dog ran"], metric)
-    with pytest.raises(wb.PatchingError, match="returned shape \\(2,\\)"):
+    with pytest.raises(wb.patching.PatchingError, match="returned shape \\(2,\\)"):
         wb.patch_sweep(tiny_model, CLEAN, CORRUPT, lambda logits: logits[:, -1, 0], progress=False)
-    with pytest.raises(wb.PatchingError, match="positions= does not apply to site 'head_out'"):
+    with pytest.raises(wb.patching.PatchingError, match="positions= does not apply to site 'head_out'"):
         wb.patch_sweep(tiny_model, CLEAN, CORRUPT, metric, site="head_out", positions=[1])
-    with pytest.raises(wb.PatchingError, match="mode="):
+    with pytest.raises(wb.patching.PatchingError, match="mode="):
         wb.patch_sweep(tiny_model, CLEAN, CORRUPT, metric, mode="restore")
     table = wb.token_alignment(tiny_model, "the cat sat", "the cat sat on")
     assert isinstance(table, pd.DataFrame)

@@ -101,7 +101,7 @@ def test_sweep_end_to_end_with_control_task(sp_model, tmp_path):
     labels = store.meta["label"].to_numpy()
     assert projection[labels == 1].mean() > projection[labels == 0].mean()
     result.save(tmp_path / "probe")
-    loaded = wb.probes.load_directions(tmp_path / "probe" / "directions.safetensors")
+    loaded = wb.load_directions(tmp_path / "probe" / "directions.safetensors")
     assert np.allclose(loaded["blocks.1.hook_resid_post"].vector, direction.vector, atol=1e-7)  # renormalised on load
     assert loaded["blocks.1.hook_resid_post"].concept == "toy"
     assert pd.read_parquet(tmp_path / "probe" / "frame.parquet").shape == result.frame.shape

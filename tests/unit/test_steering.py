@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.probing.directions import Direction, load_directions, save_directions
+from workbench.models.direction import Direction, load_directions, save_directions
 
 PROMPT = "the cat sat on a mat and"
 
@@ -145,26 +145,26 @@ def test_dose_response_with_placebo(tiny_model, direction):
     curve = wb.dose_response(tiny_model, direction, alphas=[1], eval=lambda m: Result(), metric="acc",
                              placebo=False, progress=False)
     assert curve.frame["value"].tolist() == [0.25]
-    with pytest.raises(wb.PatchingError, match="pass metric="):
+    with pytest.raises(wb.patching.PatchingError, match="pass metric="):
         wb.dose_response(tiny_model, direction, alphas=[1], eval=lambda m: Result(), progress=False)
-    with pytest.raises(wb.PatchingError, match="one number"):
+    with pytest.raises(wb.patching.PatchingError, match="one number"):
         wb.dose_response(tiny_model, direction, alphas=[1], eval=lambda m: [1, 2], progress=False)
     assert tiny_model.active_hook_count() == 0
 
 
 def test_bad_input(tiny_model, direction):
-    with pytest.raises(wb.PatchingError, match="layer 7 is out of range.*0..2"):
+    with pytest.raises(wb.patching.PatchingError, match="layer 7 is out of range.*0..2"):
         tiny_model.steer(direction, layer=7)
-    with pytest.raises(wb.PatchingError, match="has 3 dimensions.*64"):
+    with pytest.raises(wb.patching.PatchingError, match="has 3 dimensions.*64"):
         tiny_model.steer([1.0, 2.0, 3.0], layer=0)
-    with pytest.raises(wb.PatchingError, match="layer: required"):
+    with pytest.raises(wb.patching.PatchingError, match="layer: required"):
         tiny_model.steer(np.ones(64))
-    with pytest.raises(wb.PatchingError, match="site 'resid_mid'"):
+    with pytest.raises(wb.patching.PatchingError, match="site 'resid_mid'"):
         tiny_model.steer(direction, site="resid_mid")
-    with pytest.raises(wb.PatchingError, match="norm 0"):
+    with pytest.raises(wb.patching.PatchingError, match="norm 0"):
         tiny_model.steer(np.zeros(64), layer=0)
-    with pytest.raises(wb.PatchingError, match="index 9 at layer 0 is out of range"):
+    with pytest.raises(wb.patching.PatchingError, match="index 9 at layer 0 is out of range"):
         tiny_model.ablate_heads([(0, 9)])
-    with pytest.raises(wb.PatchingError, match="reference="):
+    with pytest.raises(wb.patching.PatchingError, match="reference="):
         tiny_model.ablate_neurons([(0, 1)], mode="mean")
     assert tiny_model.active_hook_count() == 0

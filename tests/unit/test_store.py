@@ -172,21 +172,21 @@ def test_kill_9_then_resume_gives_identical_store(hf_folder, tmp_path, uninterru
 
 def test_different_arguments_into_same_path_are_refused(tiny_model, tmp_path):
     wb.cache_activations(tiny_model, TEXTS, hooks="blocks.0.hook_resid_post", path=tmp_path / "s", progress=False)
-    with pytest.raises(wb.StoreError, match="different arguments.*positions"):
+    with pytest.raises(wb.store.StoreError, match="different arguments.*positions"):
         wb.cache_activations(tiny_model, TEXTS, hooks="blocks.0.hook_resid_post", positions="all",
                              path=tmp_path / "s", progress=False)
-    with pytest.raises(wb.StoreError, match="data_hash"):
+    with pytest.raises(wb.store.StoreError, match="data_hash"):
         wb.cache_activations(tiny_model, TEXTS[:3], hooks="blocks.0.hook_resid_post", path=tmp_path / "s", progress=False)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "thesis.tex").write_text("precious")
-    with pytest.raises(wb.StoreError, match="not an activation store"):
+    with pytest.raises(wb.store.StoreError, match="not an activation store"):
         wb.cache_activations(tiny_model, TEXTS, path=tmp_path / "other", progress=False)
     assert (tmp_path / "other" / "thesis.tex").read_text() == "precious"
 
 
 def test_disk_full_keeps_complete_shards_and_resumes(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setattr("workbench.store.writer.os.pwrite", _pwrite_failing_in_shard_1(os.pwrite))
-    with pytest.raises(wb.StoreError, match=r"shard 1 failed \(No space left on device\).*shards 0..0"):
+    with pytest.raises(wb.store.StoreError, match=r"shard 1 failed \(No space left on device\).*shards 0..0"):
         wb.cache_activations(tiny_model, TEXTS, hooks=HOOKS, positions="all", path=tmp_path / "s",
                              shard_size=3, progress=False)
     partial = wb.ActivationStore.open(tmp_path / "s")
@@ -243,7 +243,7 @@ def test_texts_longer_than_the_context(tiny_model):
 
 def test_sharded_array_indexing():
     parts = [np.arange(6).reshape(3, 2), np.arange(6, 8).reshape(1, 2), np.arange(8, 14).reshape(3, 2)]
-    X, full = wb.ShardedArray(parts), np.arange(14).reshape(7, 2)
+    X, full = wb.store.ShardedArray(parts), np.arange(14).reshape(7, 2)
     assert X.shape == (7, 2) and len(X) == 7 and X.nbytes == full.nbytes
     for index in [0, 3, -1, slice(None), slice(2, 5), slice(None, None, 2), [6, 0, 3], np.array([1, 1])]:
         assert np.array_equal(X[index], full[index]), index

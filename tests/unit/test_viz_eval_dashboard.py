@@ -85,7 +85,7 @@ def test_suites_without_a_correct_answer_rank_by_preference_not_by_wrongness():
     _, forced = drilldown(pronouns().samples, "occupation_pronoun", preference=False)
     assert forced["example_id"].tolist() == ["occupation_pronoun:0", "occupation_pronoun:3"]
 
-    dash = wb.EvalDashboard(pronouns(), compare=pronouns(shift=2.0), labels=("before", "after"))
+    dash = wb.viz.EvalDashboard(pronouns(), compare=pronouns(shift=2.0), labels=("before", "after"))
     assert "wrong" not in dash.what.value and "preference" in dash.what.value
     dash.category.value = "said_that"
     assert "occupation_pronoun:1" in dash.table.value and "occupation_pronoun:2" not in dash.table.value
@@ -94,7 +94,7 @@ def test_suites_without_a_correct_answer_rank_by_preference_not_by_wrongness():
 
 def test_one_run_figures_filter_and_escaping():
     run = SuiteResult("quick", {"crows_pairs": crows(), "true_false_facts": facts()})
-    dash = wb.EvalDashboard(run, top=2)
+    dash = wb.viz.EvalDashboard(run, top=2)
     assert "#b00020" not in dash.status.value, dash.status.value
     bars = {t.name: list(t.y) for t in dash.overview.data}
     assert bars == {"crows_pairs": [0.75, 1.5], "true_false_facts": [pytest.approx(1 / 3)]}
@@ -117,7 +117,7 @@ def test_one_run_figures_filter_and_escaping():
 def test_two_runs_side_by_side(tmp_path):
     before, after = crows(), crows(shift=3.0, steered=True)
     after.save(tmp_path / "after")                                  # a folder works as well as an object
-    dash = wb.EvalDashboard(before, compare=tmp_path / "after", labels=("before", "steered"))
+    dash = wb.viz.EvalDashboard(before, compare=tmp_path / "after", labels=("before", "steered"))
     assert [t.name for t in dash.overview.data] == ["before", "steered"]
     assert list(dash.overview.data[1].y) == [-2.25, 1.5]
     assert [list(t.y) for t in dash.categories.data] == [[0.75, 1.0, 0.5], [-2.25, 1.0, -2.5]]
@@ -126,9 +126,9 @@ def test_two_runs_side_by_side(tmp_path):
     assert "steer gender/logistic layer 12 alpha -4.0" in dash.status.value
     assert "before: n=4, no interventions" in dash.status.value
     with pytest.raises(ValueError, match="distinct"):
-        wb.EvalDashboard(before, compare=after, labels=("a", "a"))
+        wb.viz.EvalDashboard(before, compare=after, labels=("a", "a"))
     with pytest.raises(TypeError, match="EvalResult"):
-        wb.EvalDashboard(42)
+        wb.viz.EvalDashboard(42)
 
 
 TINY_SUITE = """
@@ -155,7 +155,7 @@ examples:
 def test_a_real_run_on_the_tiny_model(tiny_model, tmp_path):
     (tmp_path / "tiny_capitals.yaml").write_text(TINY_SUITE)
     result = wb.run_eval(tiny_model, str(tmp_path / "tiny_capitals.yaml"), progress=False, out=tmp_path / "run")
-    dash = wb.EvalDashboard(tmp_path / "run")
+    dash = wb.viz.EvalDashboard(tmp_path / "run")
     assert dash.suite.options == ("tiny_capitals",) and "#b00020" not in dash.status.value
     assert list(dash.overview.data[0].y) == pytest.approx(result.headline()["value"].tolist())
     samples = result.samples
@@ -177,7 +177,7 @@ def test_undefined_values_reach_the_widget_as_json_null():
 
     run = crows()
     run.metrics.loc[2, ["value", "ci_low", "ci_high"]] = float("nan")  # an empty category: undefined
-    dash = wb.EvalDashboard(run)
+    dash = wb.viz.EvalDashboard(run)
     trace = dash.categories.data[0]
     assert list(trace.y) == [0.75, 1.0, None]
     json.dumps(dash.categories.to_plotly_json(), allow_nan=False)  # strict JSON, as the browser needs

@@ -6,7 +6,7 @@ import torch
 from plotly.callbacks import Points
 
 import workbench as wb
-from workbench.patching.sites import SITES
+from workbench.models.sites import SITES
 
 CLEAN = "the cat sat on a mat and the dog ran to"
 CORRUPT = "the dog sat on a mat and the cat ran to"
@@ -20,7 +20,7 @@ def _click(explorer, row, column):
 
 @pytest.mark.parametrize("site", ["resid_pre", "resid_mid", "head_out"])
 def test_heatmap_is_the_sweep_and_a_click_patches_one_cell(tiny_model, site):
-    explorer = wb.PatchingExplorer(tiny_model, CLEAN, CORRUPT, answer=" house", wrong=" mat", site=site)
+    explorer = wb.viz.PatchingExplorer(tiny_model, CLEAN, CORRUPT, answer=" house", wrong=" mat", site=site)
     assert "#b00020" not in explorer.status.value, explorer.status.value
     metric = wb.logit_diff(tiny_model, " house", " mat")
     expected = wb.patch_sweep(tiny_model, CLEAN, CORRUPT, metric, site=site, progress=False)
@@ -54,7 +54,7 @@ def test_heatmap_is_the_sweep_and_a_click_patches_one_cell(tiny_model, site):
 
 
 def test_changing_the_site_and_rerunning(tiny_model):
-    explorer = wb.PatchingExplorer(tiny_model, CLEAN, CORRUPT, answer=" house", wrong=" mat", layers=[0, 2])
+    explorer = wb.viz.PatchingExplorer(tiny_model, CLEAN, CORRUPT, answer=" house", wrong=" mat", layers=[0, 2])
     assert [y for y in explorer.heatmap.data[0].y] == ["L0", "L2"]
     # Two title lines: the metric and its values on one line ran past the figure's width in the browser.
     title = explorer.heatmap.layout.title.text
@@ -76,7 +76,7 @@ def test_changing_the_site_and_rerunning(tiny_model):
 
 
 def test_bad_input_is_shown_in_the_status_line(tiny_model):
-    explorer = wb.PatchingExplorer(tiny_model, CLEAN, "the dog sat", answer=" house", wrong=" mat")
+    explorer = wb.viz.PatchingExplorer(tiny_model, CLEAN, "the dog sat", answer=" house", wrong=" mat")
     assert "#b00020" in explorer.status.value and "same number" in explorer.status.value
     explorer.corrupt.value = CORRUPT
     explorer.answer.value = " house mat"
@@ -87,7 +87,7 @@ def test_bad_input_is_shown_in_the_status_line(tiny_model):
 
 
 def test_prompt_text_is_escaped(tiny_model):
-    explorer = wb.PatchingExplorer(tiny_model, CLEAN, CORRUPT, answer=" house", wrong=" mat")
+    explorer = wb.viz.PatchingExplorer(tiny_model, CLEAN, CORRUPT, answer=" house", wrong=" mat")
     explorer.clean.value = "<x> on a mat and the dog ran to"  # '<', 'x', '>': three <unk> tokens
     explorer.run_button.click()
     assert "#b00020" not in explorer.status.value, explorer.status.value
@@ -100,14 +100,14 @@ def test_prompt_text_is_escaped(tiny_model):
 def test_a_precomputed_sweep_is_shown_as_is(tiny_model):
     metric = wb.logit_diff(tiny_model, " house", " mat")
     res = wb.patch_sweep(tiny_model, CLEAN, CORRUPT, metric, site="mlp_out", layers=[1, 2], progress=False)
-    explorer = wb.PatchingExplorer(tiny_model, CLEAN, CORRUPT, answer=" house", wrong=" mat", result=res)
+    explorer = wb.viz.PatchingExplorer(tiny_model, CLEAN, CORRUPT, answer=" house", wrong=" mat", result=res)
     assert explorer.result is res and explorer.site.value == "mlp_out"
     _click(explorer, row=0, column=4)
     assert explorer.selected["value"] == pytest.approx(res.raw[0, 4].item(), abs=1e-4)
     with pytest.raises(ValueError, match="metric"):
-        wb.PatchingExplorer(tiny_model, CLEAN, CORRUPT, answer=" mat", wrong=" house", result=res)
+        wb.viz.PatchingExplorer(tiny_model, CLEAN, CORRUPT, answer=" mat", wrong=" house", result=res)
     with pytest.raises(ValueError, match="another clean prompt"):
-        wb.PatchingExplorer(tiny_model, CORRUPT, CLEAN, answer=" house", wrong=" mat", result=res)
+        wb.viz.PatchingExplorer(tiny_model, CORRUPT, CLEAN, answer=" house", wrong=" mat", result=res)
 
 
 def test_a_long_prompt_is_swept_one_window_of_positions_at_a_time(tiny_model):
@@ -115,7 +115,7 @@ def test_a_long_prompt_is_swept_one_window_of_positions_at_a_time(tiny_model):
     corrupt = " ".join([CLEAN] * 5 + [CORRUPT])
     n = tiny_model.to_tokens(clean).shape[1]
     assert n > 40
-    explorer = wb.PatchingExplorer(tiny_model, clean, corrupt, answer=" house", wrong=" mat", layers=[0, 1],
+    explorer = wb.viz.PatchingExplorer(tiny_model, clean, corrupt, answer=" house", wrong=" mat", layers=[0, 1],
                                    max_positions=16)
     assert "#b00020" not in explorer.status.value, explorer.status.value
     # the window that ends at the last position, where the metric reads the answer
@@ -139,5 +139,5 @@ def test_a_long_prompt_is_swept_one_window_of_positions_at_a_time(tiny_model):
     explorer.run_button.click()
     assert explorer.window.layout.display == "none" and explorer.result.axes == ("head",)
     # a short prompt: no window either
-    short = wb.PatchingExplorer(tiny_model, CLEAN, CORRUPT, answer=" house", wrong=" mat", layers=[0])
+    short = wb.viz.PatchingExplorer(tiny_model, CLEAN, CORRUPT, answer=" house", wrong=" mat", layers=[0])
     assert short.window.layout.display == "none" and "positions" not in short.status.value

@@ -144,7 +144,7 @@ def test_logit_lens_matches_hf_hidden_states(tiny_model, hf_folder):
     prompt = "the cat sat on the"
     ids = tiny_model.to_tokens(prompt)
     expected = _hf_lens_probs(hf_model, ids)
-    lens = wb.logit_lens(tiny_model, prompt, target=" mat", k=3)
+    lens = wb.viz.logit_lens(tiny_model, prompt, target=" mat", k=3)
     mat = tiny_model.to_tokens(" mat", prepend_bos=False)[0, 0].item()
     assert lens.layers == [-1, 0, 1, 2] and lens.positions == list(range(ids.shape[1]))
     assert lens.target_token == "mat"
@@ -160,13 +160,13 @@ def test_logit_lens_matches_hf_hidden_states(tiny_model, hf_folder):
 
 
 def test_logit_lens_arguments(tiny_model):
-    lens = wb.logit_lens(tiny_model, "the cat sat", positions=[-1], target=5)
+    lens = wb.viz.logit_lens(tiny_model, "the cat sat", positions=[-1], target=5)
     assert lens.positions == [3] and set(lens.target["token_id"]) == {5}
     with pytest.raises(ValueError, match="outside the vocabulary"):
-        wb.logit_lens(tiny_model, "the cat", target=10_000)
+        wb.viz.logit_lens(tiny_model, "the cat", target=10_000)
     with pytest.raises(ValueError, match="within the prompt"):
-        wb.logit_lens(tiny_model, "the cat", positions=[7])
-    assert wb.logit_lens(tiny_model, "the cat", target="red blue").target_token == "red"  # first token
+        wb.viz.logit_lens(tiny_model, "the cat", positions=[7])
+    assert wb.viz.logit_lens(tiny_model, "the cat", target="red blue").target_token == "red"  # first token
 
 
 def test_logit_lens_figures(tiny_model):

@@ -44,7 +44,7 @@ def test_projection_figure_is_the_out_of_fold_scores(sweeps):
 
 def test_probe_explorer_layers_concepts_and_clicks(sweeps):
     results, concepts = sweeps
-    explorer = wb.ProbeExplorer(results, concepts)
+    explorer = wb.viz.ProbeExplorer(results, concepts)
     first = results[0]
     assert explorer.layer.value == f"blocks.{first.best_layer()}.hook_resid_post"
     assert len(explorer.accuracy.data) == 2 * 2 * 3  # 2 concepts x (CI band + curve) x 3 metrics
@@ -63,4 +63,4 @@ def test_probe_explorer_layers_concepts_and_clicks(sweeps):
     np.testing.assert_allclose(explorer.projection.data[0].x, results[1].predictions.query(
         "hook == @explorer.layer.value and label == 0")["score"])
     with pytest.raises(ValueError, match="one per result"):
-        wb.ProbeExplorer(results, concepts[:1])
+        wb.viz.ProbeExplorer(results, concepts[:1])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import workbench as wb
-from workbench.probing.directions import Direction
+from workbench.models.direction import Direction
 from workbench.viz.steering_widget import continuation_html
 
 PROMPT = "the cat sat on a mat and"
@@ -28,7 +28,7 @@ def directions():
 
 
 def test_continuations_equal_generate_under_steer(tiny_model, directions):
-    gen = wb.SteeringGenerator(tiny_model, directions, PROMPT, alpha=30.0, max_new_tokens=6, seed=3,
+    gen = wb.viz.SteeringGenerator(tiny_model, directions, PROMPT, alpha=30.0, max_new_tokens=6, seed=3,
                                scorer=FakeScorer())
     assert "#b00020" not in gen.status.value, gen.status.value
     assert gen.layer.value == 1  # the first direction's own layer
@@ -52,7 +52,7 @@ def test_continuations_equal_generate_under_steer(tiny_model, directions):
 
 
 def test_default_scorer_is_named_and_greedy_mode(tiny_model, directions):
-    gen = wb.SteeringGenerator(tiny_model, directions["toy"], PROMPT, alpha=0.0, max_new_tokens=4, do_sample=False)
+    gen = wb.viz.SteeringGenerator(tiny_model, directions["toy"], PROMPT, alpha=0.0, max_new_tokens=4, do_sample=False)
     assert gen.direction.options == ("toy (manual)",)
     assert gen.texts["steered"] == gen.texts["unsteered"]  # alpha 0 adds nothing
     assert gen.texts["unsteered"] == tiny_model.generate(PROMPT, max_new_tokens=4, include_prompt=False)
@@ -64,13 +64,13 @@ def test_default_scorer_is_named_and_greedy_mode(tiny_model, directions):
 def test_escaping_and_errors(tiny_model, directions):
     html = continuation_html("<script>alert(1)</script>", "<img src=x onerror=alert(1)>", 0.9, "t", "s")
     assert "<script>" not in html and "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
-    gen = wb.SteeringGenerator(tiny_model, directions, "<script>alert(1)</script> the cat", max_new_tokens=3,
+    gen = wb.viz.SteeringGenerator(tiny_model, directions, "<script>alert(1)</script> the cat", max_new_tokens=3,
                                scorer=FakeScorer())
     assert "<script>" not in gen.unsteered.value and "&lt;script&gt;" in gen.steered.value
     gen.prompt.value = "   "
     assert "#b00020" in gen.status.value and "prompt is empty" in gen.status.value
     with pytest.raises(ValueError, match="empty"):
-        wb.SteeringGenerator(tiny_model, {}, PROMPT)
+        wb.viz.SteeringGenerator(tiny_model, {}, PROMPT)
 
 
 def test_doctests():

@@ -30,7 +30,7 @@ def _z(fig, i=0):
 
 
 def test_attention_viewer_follows_its_controls(tiny_model):
-    viewer = wb.AttentionViewer(tiny_model, "the cat sat on a mat", layer=0, head=0)
+    viewer = wb.viz.AttentionViewer(tiny_model, "the cat sat on a mat", layer=0, head=0)
     patterns, tokens = attention_patterns(tiny_model, "the cat sat on a mat")
     np.testing.assert_allclose(_z(viewer.heatmap), patterns[0][0], atol=1e-6)
     viewer.layer.value = 2
@@ -48,7 +48,7 @@ def test_attention_viewer_follows_its_controls(tiny_model):
 
 
 def test_attention_viewer_escapes_and_reports_errors(tiny_model):
-    viewer = wb.AttentionViewer(tiny_model, "the cat")
+    viewer = wb.viz.AttentionViewer(tiny_model, "the cat")
     viewer.prompt.value = "the " + XSS
     labels = list(viewer.heatmap.layout.xaxis.ticktext) + list(np.asarray(viewer.grid.data[0].customdata).ravel())
     assert all("<" not in label and '"' not in label for label in labels)
@@ -60,7 +60,7 @@ def test_attention_viewer_escapes_and_reports_errors(tiny_model):
 
 
 def test_attention_viewer_pages_a_2048_token_prompt(long_model):
-    viewer = wb.AttentionViewer(long_model, LONG, layer=1, page_size=64)
+    viewer = wb.viz.AttentionViewer(long_model, LONG, layer=1, page_size=64)
     n = len(viewer.tokens)
     assert n == 2045 and viewer.window.max == 31 and viewer.window.layout.display == "flex"
     assert set(viewer._patterns) == {1}  # long prompts compute only the layer on screen
@@ -76,13 +76,13 @@ def test_attention_viewer_pages_a_2048_token_prompt(long_model):
 
 
 def test_logit_lens_viewer_follows_its_controls(tiny_model):
-    viewer = wb.LogitLensViewer(tiny_model, "the cat sat on a", target=" mat")
-    lens = wb.logit_lens(tiny_model, "the cat sat on a", target=" mat")
+    viewer = wb.viz.LogitLensViewer(tiny_model, "the cat sat on a", target=" mat")
+    lens = wb.viz.logit_lens(tiny_model, "the cat sat on a", target=" mat")
     curve = lens.target.query("position == 5").sort_values("layer")["prob"].to_numpy()
     np.testing.assert_allclose(viewer.target_figure.data[0].y, curve, atol=1e-6)
     assert viewer.position.value == 5 and "'mat'" in viewer.status.value
     viewer.target.value = "dog"
-    dog = wb.logit_lens(tiny_model, "the cat sat on a", target="dog").target
+    dog = wb.viz.logit_lens(tiny_model, "the cat sat on a", target="dog").target
     np.testing.assert_allclose(viewer.target_figure.data[0].y,
                                dog.query("position == 5").sort_values("layer")["prob"], atol=1e-6)
     viewer.position.value = 2
@@ -106,7 +106,7 @@ def test_logit_lens_viewer_follows_its_controls(tiny_model):
 
 
 def test_logit_lens_viewer_pages_a_long_prompt(long_model):
-    viewer = wb.LogitLensViewer(long_model, LONG, target="mat", page_size=24)
+    viewer = wb.viz.LogitLensViewer(long_model, LONG, target="mat", page_size=24)
     n = len(viewer.tokens)
     assert viewer.window.value == viewer.window.max == (n - 1) // 24  # opens at the end of the prompt
     assert viewer.lens.positions == list(range(viewer.window.max * 24, n))
@@ -118,7 +118,7 @@ def test_logit_lens_viewer_pages_a_long_prompt(long_model):
 
 
 def test_model_explorer_search_and_selection(tiny_model):
-    explorer = wb.ModelExplorer(tiny_model, sample="the cat sat")
+    explorer = wb.viz.ModelExplorer(tiny_model, sample="the cat sat")
     n_hooks = len(tiny_model.hook_catalogue())
     assert len(explorer.hooks.options) == n_hooks and f"{n_hooks} of {n_hooks}" in explorer.count.value
     explorer.search.value = "blocks.*.hook_resid_post"

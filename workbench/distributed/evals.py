@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from workbench.distributed.cache import _load_model
 from workbench.distributed.ray_cluster import connect, require_ray
-from workbench.errors import WorkbenchError
+from workbench.common.errors import WorkbenchError
 
 _WORKER_MODELS: dict[tuple, Any] = {}
 

@@ -6,7 +6,7 @@ import contextlib
 import os
 from typing import Iterator
 
-from workbench.errors import WorkbenchError
+from workbench.common.errors import WorkbenchError
 
 INSTALL_HINT = "Ray is not installed: pip install 'workbench[distributed]' (or pip install 'ray>=2.60')"
 

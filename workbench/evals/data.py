@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workbench.errors import WorkbenchError
+from workbench.common.errors import WorkbenchError
 
 DATA_ENV = "WORKBENCH_DATA"
 

@@ -26,7 +26,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from workbench.errors import WorkbenchError
+from workbench.common.errors import WorkbenchError
 from workbench.evals.data import resolve_data_dir, sha256_file
 
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com"
@@ -262,20 +262,3 @@ def _download(url: str, target: Path, sha256: str, size: int, timeout: float, ba
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def cli_pull(args, console) -> int:
-    """``workbench data pull [NAME ...] [--only NAME] [--dest D] [--base-url URL]``."""
-    from rich.table import Table
-
-    names = list(args.names or []) + list(args.only or [])
-    report = pull(args.dest, names or None, base_url=args.base_url, progress=True)
-    table = Table(title=f"data pull into {resolve_data_dir(args.dest)}")
-    for column in ("dataset", "files", "present", "downloaded", "replaced", "MB"):
-        table.add_column(column, justify="right" if column != "dataset" else "left")
-    for name, part in report.groupby("dataset", sort=False):
-        counts = part["status"].value_counts()
-        table.add_row(name, str(len(part)), *(str(int(counts.get(s, 0))) for s in ("present", "downloaded", "replaced")),
-                      f"{part['bytes'].sum() / 1e6:.1f}")
-    console.print(table)
-    return 0

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workbench.errors import WorkbenchError
+from workbench.common.errors import WorkbenchError
 from workbench.evals.suites import is_preference_suite
 from workbench.viz.evals import eval_category_figure, eval_metrics_figure, toxicity_score_figure
 

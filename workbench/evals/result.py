@@ -34,7 +34,7 @@ class EvalResult:
 
     >>> res = wb.run_eval(model, "crows_pairs", limit=50)          # doctest: +SKIP
     >>> res.headline()                                              # doctest: +SKIP
-    >>> res.save("runs/crows"); wb.EvalResult.load("runs/crows")    # doctest: +SKIP
+    >>> res.save("runs/crows"); wb.evals.EvalResult.load("runs/crows")    # doctest: +SKIP
     """
 
     metrics: pd.DataFrame

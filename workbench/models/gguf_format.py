@@ -22,7 +22,7 @@ import gguf
 import numpy as np
 import torch
 
-from workbench.errors import CheckpointError
+from workbench.common.errors import CheckpointError
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerBase

@@ -17,6 +17,9 @@ import pandas as pd
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from workbench.models import interventions
+from workbench.models.hooks import build_catalogue, select_hooks
+
 
 @dataclass
 class ModelSource:
@@ -83,11 +86,9 @@ class HookedLlama:
                 predicate on names; ``None`` caches every hook.
             **kwargs: passed to ``TransformerBridge.run_with_cache``.
         """
-        from workbench.hooks import names_filter_fn
-
-        return self.bridge.run_with_cache(
-            input, names_filter=names_filter_fn(names_filter), **kwargs
-        )
+        if names_filter is not None and not callable(names_filter):
+            names_filter = select_hooks(self, names_filter, strict=False)
+        return self.bridge.run_with_cache(input, names_filter=names_filter, **kwargs)
 
     def run_with_hooks(self, input: Any, fwd_hooks=(), bwd_hooks=(), **kwargs: Any):
         """Run with temporary hooks: ``fwd_hooks`` is a list of ``(name or predicate, fn)``."""
@@ -115,7 +116,7 @@ class HookedLlama:
             len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in set(self.bridge.hook_dict.values())
         )
 
-    # --- interventions (workbench.patching.steering) ----------------------------------------
+    # --- interventions (workbench.models.interventions) ----------------------------------------
 
     def steer(self, direction: Any, layer: int | None = None, alpha: float = 1.0, site: str | None = None):
         """Context: add ``alpha`` x the unit ``direction`` to the residual stream at ``layer``.
@@ -123,27 +124,19 @@ class HookedLlama:
         >>> with model.steer(direction, layer=12, alpha=4.0):      # doctest: +SKIP
         ...     model.generate("The nurse said that")
         """
-        from workbench.patching.steering import steer
-
-        return steer(self, direction, layer=layer, alpha=alpha, site=site)
+        return interventions.steer(self, direction, layer=layer, alpha=alpha, site=site)
 
     def ablate(self, direction: Any, layers=None, site: str | None = None):
         """Context: project ``direction`` out of the residual stream at ``layers`` (default all)."""
-        from workbench.patching.steering import ablate
-
-        return ablate(self, direction, layers=layers, site=site)
+        return interventions.ablate(self, direction, layers=layers, site=site)
 
     def ablate_heads(self, heads, mode: str = "zero", reference=None):
         """Context: zero- or mean-ablate attention heads ``[(layer, head), ...]``."""
-        from workbench.patching.steering import ablate_heads
-
-        return ablate_heads(self, heads, mode=mode, reference=reference)
+        return interventions.ablate_heads(self, heads, mode=mode, reference=reference)
 
     def ablate_neurons(self, neurons, mode: str = "zero", reference=None):
         """Context: zero- or mean-ablate MLP neurons ``[(layer, neuron), ...]``."""
-        from workbench.patching.steering import ablate_neurons
-
-        return ablate_neurons(self, neurons, mode=mode, reference=reference)
+        return interventions.ablate_neurons(self, neurons, mode=mode, reference=reference)
 
     def active_interventions(self) -> list[dict[str, Any]]:
         """The steering / ablation contexts now open, outermost first (empty outside them)."""
@@ -219,12 +212,11 @@ class HookedLlama:
     def hook_catalogue(self) -> pd.DataFrame:
         """Every hook that fires in a forward pass: name, layer, shape, what it is.
 
-        See :func:`workbench.hooks.hook_catalogue`.
+        Built once per model by running one short prompt
+        (:func:`workbench.models.hooks.build_catalogue`), then kept.
         """
-        from workbench.hooks import hook_catalogue
-
         if self._catalogue is None:
-            self._catalogue = hook_catalogue(self)
+            self._catalogue = build_catalogue(self)
         return self._catalogue.copy()
 
     def hook_names(self) -> list[str]:

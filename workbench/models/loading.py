@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from workbench.errors import CheckpointError, ChecksumError
+from workbench.common.errors import CheckpointError, ChecksumError
 from workbench.models.hooked import HookedLlama, ModelSource
 from workbench.models.verify import checkpoint_fingerprint, find_checklists, verify_checkpoint
 

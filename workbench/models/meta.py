@@ -1,4 +1,4 @@
-"""Read Meta's original LLaMA release format and convert it to a Hugging Face ``LlamaForCausalLM``.
+"""Meta's original LLaMA release format, converted to a Hugging Face ``LlamaForCausalLM``.
 
 Meta distributed LLaMA-1 and LLaMA-2 as a folder per model size::
 
@@ -12,10 +12,14 @@ Meta distributed LLaMA-1 and LLaMA-2 as a folder per model size::
             consolidated.00.pth
             consolidated.01.pth
 
-This module reads such a folder, checks it thoroughly (every problem becomes a
-:class:`~workbench.errors.CheckpointError` naming the file), merges the model-parallel shards,
-rewrites the weights to Hugging Face's layout and returns a ``LlamaForCausalLM`` together with a
-:class:`~workbench.models.sp_tokenizer.SentencePieceLlamaTokenizer`.
+:func:`load_meta_checkpoint` reads such a folder, checks it thoroughly (every problem becomes a
+:class:`~workbench.common.errors.CheckpointError` naming the file), merges the model-parallel
+shards, rewrites the weights to Hugging Face's layout and returns a ``LlamaForCausalLM``
+together with a :class:`~workbench.models.sp_tokenizer.SentencePieceLlamaTokenizer`.
+``params.json`` is read by :mod:`workbench.models.meta_params`, the shards are found and merged
+by :mod:`workbench.models.meta_shards`; this module renames and permutes the merged tensors for
+Hugging Face and holds the format's row in :data:`workbench.models.formats.FORMATS`
+(:func:`detect_meta`, :func:`load_meta_format`).
 
 Shard files are pickles; they are only ever read through
 :func:`~workbench.models.safe_load.load_torch_file`, which never executes code hidden in them.
@@ -23,192 +27,60 @@ Shard files are pickles; they are only ever read through
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from workbench.errors import CheckpointError
-from workbench.models.safe_load import load_torch_file
+from workbench.common.errors import CheckpointError
+from workbench.models.meta_params import PARAMS_FILE, MetaParams, build_config, read_params
+from workbench.models.meta_shards import SHARD_RE, find_shards, merge_shards
 from workbench.models.sp_tokenizer import SentencePieceLlamaTokenizer, load_sentencepiece_tokenizer
+from workbench.models.verify import checked_source
 
-PARAMS_FILE = "params.json"
+if TYPE_CHECKING:
+    from workbench.models.hooked import ModelSource
+
 TOKENIZER_FILE = "tokenizer.model"
-_SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$")
 
 # --------------------------------------------------------------------------------------------
-# params.json
+# Recognising the format and locating files
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MetaParams:
-    """The hyper-parameters in a Meta ``params.json``, validated and with defaults filled in.
+def detect_meta(source: str | Path | None) -> bool:
+    """Whether ``source`` is a folder in Meta's release format: one holding ``params.json``.
 
-    Attributes:
-        dim: model (residual stream) width.
-        n_layers: number of transformer blocks.
-        n_heads: number of query heads.
-        n_kv_heads: number of key/value heads (``n_heads`` unless the model uses GQA).
-        norm_eps: RMSNorm epsilon.
-        multiple_of: the FFN hidden size is rounded up to a multiple of this.
-        ffn_dim_multiplier: optional FFN width multiplier (LLaMA-2 70B: 1.3).
-        vocab_size: vocabulary size, or -1 when it is to be taken from the tokenizer.
-        rope_theta: rotary base frequency (10000.0 unless given, e.g. 1e6 for Code Llama).
-        max_seq_len: context length if params.json states one, else None.
-        llama_version: 1 or 2, guessed from the keys present (LLaMA-2 files add ``n_kv_heads``,
-            ``ffn_dim_multiplier`` or ``rope_theta``, or use ``norm_eps`` 1e-5).
-    """
-
-    dim: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    norm_eps: float
-    multiple_of: int
-    ffn_dim_multiplier: float | None = None
-    vocab_size: int = -1
-    rope_theta: float = 10000.0
-    max_seq_len: int | None = None
-    llama_version: int = 1
-
-    @property
-    def head_dim(self) -> int:
-        """Width of one attention head."""
-        return self.dim // self.n_heads
-
-    @property
-    def intermediate_size(self) -> int:
-        """FFN hidden size, by Meta's formula (see :func:`meta_intermediate_size`)."""
-        return meta_intermediate_size(self.dim, self.multiple_of, self.ffn_dim_multiplier)
-
-    @property
-    def max_position_embeddings(self) -> int:
-        """Trained context: ``max_seq_len`` if given, else 2048 (LLaMA-1) or 4096 (LLaMA-2)."""
-        if self.max_seq_len is not None:
-            return self.max_seq_len
-        return 4096 if self.llama_version >= 2 else 2048
-
-
-def meta_intermediate_size(
-    dim: int, multiple_of: int, ffn_dim_multiplier: float | None = None
-) -> int:
-    """The FFN hidden size exactly as Meta's ``FeedForward`` computes it.
+    ``params.json`` alone decides, so that a folder with it but no shards is loaded as Meta's
+    format and fails saying which shard file is missing.
 
     Args:
-        dim: model width.
-        multiple_of: round the result up to a multiple of this.
-        ffn_dim_multiplier: optional multiplier applied before rounding.
+        source: what was passed to ``load_model``.
 
     Returns:
-        The hidden size of ``w1``/``w3`` (HF ``intermediate_size``).
+        True for a folder with a ``params.json``.
 
-    >>> meta_intermediate_size(4096, 256)  # LLaMA-7B
-    11008
-    >>> meta_intermediate_size(8192, 4096, 1.3)  # LLaMA-2-70B
-    28672
+    >>> detect_meta(None), detect_meta("/nonexistent")
+    (False, False)
     """
-    hidden = 4 * dim
-    hidden = int(2 * hidden / 3)
-    if ffn_dim_multiplier is not None:
-        hidden = int(ffn_dim_multiplier * hidden)
-    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+    if source is None:
+        return False
+    folder = Path(source).expanduser()
+    return folder.is_dir() and (folder / PARAMS_FILE).is_file()
 
 
-def read_params(folder: str | Path) -> MetaParams:
-    """Read and validate ``params.json`` in a Meta checkpoint folder.
+def meta_near_miss(path: Path) -> str | None:
+    """Why a folder that matched no format is not a Meta checkpoint, if it nearly is.
 
-    Args:
-        folder: the checkpoint folder (the one holding ``params.json``).
-
-    Returns:
-        The validated :class:`MetaParams`.
-
-    Raises:
-        CheckpointError: params.json is missing, not JSON, lacks a key, has a value of the wrong
-            type or an inconsistent shape (e.g. ``dim`` not divisible by ``n_heads``).
-
-    >>> read_params("llama/7B")  # doctest: +SKIP
-    MetaParams(dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, norm_eps=1e-06, ...)
+    >>> meta_near_miss(Path("/nonexistent")) is None
+    True
     """
-    path = Path(folder) / PARAMS_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found (not a Meta LLaMA checkpoint folder?)")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: not valid JSON: {err}") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(raw).__name__}")
-
-    def get(key, kind, *, default=..., positive=True):
-        if key not in raw or (raw[key] is None and default is not ...):
-            if default is ...:
-                raise CheckpointError(f"{path}: missing required key {key!r}")
-            return default
-        value = raw[key]
-        # bool is an int subclass in Python; `"dim": true` is still a malformed file.
-        ok = isinstance(value, kind) and not isinstance(value, bool)
-        if ok and positive and value <= 0:
-            ok = False
-        if not ok:
-            want = "a positive " if positive else "a "
-            want += "integer" if kind is int else "number"
-            raise CheckpointError(f"{path}: {key!r} must be {want}, got {value!r}")
-        return value
-
-    if raw.get("use_scaled_rope"):
-        # LLaMA-3.1 rescales the rotary frequencies; converting it as plain RoPE would silently
-        # give a different model.
-        raise CheckpointError(
-            f"{path}: 'use_scaled_rope' (LLaMA-3.1 RoPE scaling) is not supported"
+    if path.is_dir() and list(path.glob("consolidated.*.pth")):
+        return (
+            f"has consolidated.*.pth shards but no {PARAMS_FILE} (Meta's release format needs it)"
         )
-
-    dim = get("dim", int)
-    n_heads = get("n_heads", int)
-    n_kv_heads = get("n_kv_heads", int, default=n_heads)
-    vocab_size = get("vocab_size", int, default=-1, positive=False)
-    ffn_dim_multiplier = get("ffn_dim_multiplier", (int, float), default=None)
-    params = MetaParams(
-        dim=dim,
-        n_layers=get("n_layers", int),
-        n_heads=n_heads,
-        n_kv_heads=n_kv_heads,
-        norm_eps=float(get("norm_eps", (int, float))),
-        multiple_of=get("multiple_of", int),
-        ffn_dim_multiplier=None if ffn_dim_multiplier is None else float(ffn_dim_multiplier),
-        vocab_size=vocab_size,
-        rope_theta=float(get("rope_theta", (int, float), default=10000.0)),
-        max_seq_len=get("max_seq_len", int, default=None),
-        llama_version=_guess_llama_version(raw),
-    )
-
-    if vocab_size != -1 and vocab_size <= 0:
-        raise CheckpointError(f"{path}: 'vocab_size' must be positive or -1, got {vocab_size}")
-    if dim % n_heads:
-        raise CheckpointError(f"{path}: 'dim' {dim} is not divisible by 'n_heads' {n_heads}")
-    if n_heads % n_kv_heads:
-        raise CheckpointError(
-            f"{path}: 'n_heads' {n_heads} is not a multiple of 'n_kv_heads' {n_kv_heads}"
-        )
-    if params.head_dim % 2:
-        raise CheckpointError(f"{path}: head size {params.head_dim} is odd; rotary needs pairs")
-    return params
-
-
-def _guess_llama_version(raw: dict) -> int:
-    # LLaMA-2 7B/13B params.json have exactly LLaMA-1's keys; only norm_eps differs (1e-5 vs 1e-6).
-    if any(key in raw for key in ("n_kv_heads", "ffn_dim_multiplier", "rope_theta")):
-        return 2
-    return 2 if raw.get("norm_eps") == 1e-5 else 1
-
-
-# --------------------------------------------------------------------------------------------
-# Locating files
-# --------------------------------------------------------------------------------------------
+    return None
 
 
 def is_meta_checkpoint(folder: str | Path) -> bool:
@@ -222,31 +94,24 @@ def is_meta_checkpoint(folder: str | Path) -> bool:
     folder = Path(folder)
     if not (folder / PARAMS_FILE).is_file():
         return False
-    return any(_SHARD_RE.match(p.name) for p in folder.glob("consolidated.*.pth"))
-
-
-def find_shards(folder: str | Path) -> list[Path]:
-    """The ``consolidated.NN.pth`` files in rank order, checking they are numbered 00..N-1."""
-    folder = Path(folder)
-    numbered = {}
-    for path in folder.glob("consolidated.*.pth"):
-        match = _SHARD_RE.match(path.name)
-        if match:
-            numbered[int(match.group(1))] = path
-    if not numbered:
-        raise CheckpointError(f"{folder}: no consolidated.NN.pth shard files found")
-    missing = sorted(set(range(max(numbered) + 1)) - set(numbered))
-    if missing:
-        names = ", ".join(f"consolidated.{i:02d}.pth" for i in missing)
-        raise CheckpointError(
-            f"{folder}: shard numbering is not contiguous; missing {names} "
-            f"(found {len(numbered)} shard files up to consolidated.{max(numbered):02d}.pth)"
-        )
-    return [numbered[i] for i in range(len(numbered))]
+    return any(SHARD_RE.match(p.name) for p in folder.glob("consolidated.*.pth"))
 
 
 def find_tokenizer(folder: str | Path) -> Path:
-    """``tokenizer.model`` in ``folder``, else in its parent (where Meta's release puts it)."""
+    """``tokenizer.model`` in ``folder``, else in its parent (where Meta's release puts it).
+
+    Args:
+        folder: the checkpoint folder (``llama/7B``).
+
+    Returns:
+        The SentencePiece model's path.
+
+    Raises:
+        CheckpointError: neither folder has one.
+
+    >>> find_tokenizer("llama/7B")  # doctest: +SKIP
+    PosixPath('llama/tokenizer.model')
+    """
     folder = Path(folder)
     candidates = [folder / TOKENIZER_FILE, folder.resolve().parent / TOKENIZER_FILE]
     for path in candidates:
@@ -256,121 +121,6 @@ def find_tokenizer(folder: str | Path) -> Path:
         f"{candidates[0]}: file not found (also looked for {candidates[1]}); Meta checkpoints need "
         "the SentencePiece tokenizer.model"
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Merging model-parallel shards
-# --------------------------------------------------------------------------------------------
-
-# Meta's model-parallel layers: column-parallel linears hold a slice of the output rows (dim 0),
-# row-parallel linears a slice of the input columns (dim 1); norms are replicated on every rank.
-_COLUMN_PARALLEL = (
-    "attention.wq.weight",
-    "attention.wk.weight",
-    "attention.wv.weight",
-    "feed_forward.w1.weight",
-    "feed_forward.w3.weight",
-)
-_ROW_PARALLEL = ("attention.wo.weight", "feed_forward.w2.weight")
-_REPLICATED = ("attention_norm.weight", "ffn_norm.weight")
-# rope.freqs is a precomputed buffer some LLaMA-1 shards carry; HF recomputes it from rope_theta.
-_IGNORED = {"rope.freqs"}
-
-
-def _concat_dim(
-    name: str, shard_shape: torch.Size, params: MetaParams, n_shards: int
-) -> int | None:
-    """Dimension along which tensor ``name`` is split across ranks (None: replicated)."""
-    if name == "output.weight":
-        return 0
-    if name == "tok_embeddings.weight":
-        # LLaMA-1/2's ParallelEmbedding splits the embedding dim; LLaMA-3's VocabParallelEmbedding
-        # splits the vocabulary. The shard's width tells them apart.
-        return 0 if n_shards > 1 and shard_shape[-1] == params.dim else 1
-    if name == "norm.weight":
-        return None
-    suffix = name.split(".", 2)[-1] if name.startswith("layers.") else ""
-    if suffix in _COLUMN_PARALLEL:
-        return 0
-    if suffix in _ROW_PARALLEL:
-        return 1
-    if suffix in _REPLICATED:
-        return None
-    raise KeyError(name)
-
-
-def merge_shards(shard_paths: list[Path], params: MetaParams) -> dict[str, torch.Tensor]:
-    """Load every shard (safely) and merge them into one state dict under Meta's names.
-
-    Args:
-        shard_paths: ``consolidated.NN.pth`` files in rank order.
-        params: the checkpoint's validated params.
-
-    Returns:
-        Full tensors keyed by Meta's names (``rope.freqs`` dropped), in the shards' dtype.
-
-    Raises:
-        CheckpointError: a shard is unreadable or unsafe, the shard count does not divide the
-            head counts or width, shards hold different tensor names or shapes, replicated
-            tensors differ, or a tensor name is unknown.
-    """
-    n = len(shard_paths)
-    first = shard_paths[0]
-    folder = first.parent
-    # Meta gives each rank n_heads/n query heads and n_kv_heads/n key/value heads (its
-    # Attention divides by the model-parallel size); anything else is not a Meta layout.
-    for what, value in (
-        ("dim", params.dim),
-        ("n_heads", params.n_heads),
-        ("n_kv_heads", params.n_kv_heads),
-    ):
-        if value % n:
-            raise CheckpointError(
-                f"{folder / PARAMS_FILE}: {what}={value} is not divisible by the shard count {n} "
-                f"({first.name}..{shard_paths[-1].name}), so they cannot be Meta's model-parallel "
-                "split"
-            )
-
-    shards = [load_torch_file(path) for path in shard_paths]
-    keys = set(shards[0])
-    for path, shard in zip(shard_paths[1:], shards[1:], strict=True):
-        if set(shard) != keys:
-            extra = sorted(set(shard) - keys)[:3]
-            absent = sorted(keys - set(shard))[:3]
-            raise CheckpointError(
-                f"{path}: holds different tensors from {first.name} "
-                f"(extra: {extra or 'none'}, missing: {absent or 'none'})"
-            )
-
-    merged: dict[str, torch.Tensor] = {}
-    for name in sorted(keys - _IGNORED):
-        pieces = [shard[name] for shard in shards]
-        try:
-            dim = _concat_dim(name, pieces[0].shape, params, n)
-        except KeyError:
-            raise CheckpointError(
-                f"{first}: unexpected tensor {name!r} for a LLaMA checkpoint"
-            ) from None
-        for path, piece in zip(shard_paths, pieces, strict=True):
-            if piece.shape != pieces[0].shape or piece.dtype != pieces[0].dtype:
-                raise CheckpointError(
-                    f"{path}: {name!r} is {tuple(piece.shape)} {piece.dtype} but "
-                    f"{tuple(pieces[0].shape)} {pieces[0].dtype} in {first.name}"
-                )
-        if dim is None:
-            for path, piece in zip(shard_paths[1:], pieces[1:], strict=True):
-                if not torch.equal(piece, pieces[0]):
-                    raise CheckpointError(
-                        f"{path}: replicated tensor {name!r} differs from {first.name}"
-                    )
-            merged[name] = pieces[0]
-        elif pieces[0].dim() <= dim:
-            raise CheckpointError(
-                f"{first}: {name!r} has shape {tuple(pieces[0].shape)}, expected a matrix"
-            )
-        else:
-            merged[name] = pieces[0] if n == 1 else torch.cat(pieces, dim=dim)
-    return merged
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,7 +164,19 @@ _LAYER_NAMES = {
 
 
 def expected_shapes(params: MetaParams, vocab_size: int) -> dict[str, tuple[int, ...]]:
-    """Full (merged) shape of every Meta tensor implied by ``params``."""
+    """Full (merged) shape of every Meta tensor implied by ``params``.
+
+    Args:
+        params: the checkpoint's validated params.
+        vocab_size: rows of the embedding and the output matrix.
+
+    Returns:
+        Meta's tensor name -> shape, for every layer.
+
+    >>> params = MetaParams(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, norm_eps=1e-5, multiple_of=32)
+    >>> expected_shapes(params, 100)["layers.1.attention.wk.weight"]
+    (32, 64)
+    """
     d, hd = params.dim, params.head_dim
     hidden = params.intermediate_size
     shapes: dict[str, tuple[int, ...]] = {
@@ -486,7 +248,19 @@ def _check_shapes(merged, params: MetaParams, vocab_size: int, shard_paths, toke
 def to_hf_state_dict(
     merged: dict[str, torch.Tensor], params: MetaParams
 ) -> dict[str, torch.Tensor]:
-    """Rename merged Meta tensors to ``LlamaForCausalLM`` names, permuting q/k for HF's rotary."""
+    """Rename merged Meta tensors to ``LlamaForCausalLM`` names, permuting q/k for HF's rotary.
+
+    Args:
+        merged: full tensors under Meta's names (:func:`~workbench.models.meta_shards.merge_shards`).
+        params: the checkpoint's validated params.
+
+    Returns:
+        The same tensors (q/k rows permuted by :func:`permute_rotary`) under HF's names.
+
+    >>> hf = to_hf_state_dict(merge_shards(find_shards(folder), params), params)  # doctest: +SKIP
+    >>> hf["model.layers.0.self_attn.q_proj.weight"].shape  # doctest: +SKIP
+    torch.Size([4096, 4096])
+    """
     hd = params.head_dim
     out = {
         "model.embed_tokens.weight": merged["tok_embeddings.weight"],
@@ -504,33 +278,8 @@ def to_hf_state_dict(
     return out
 
 
-def build_config(
-    params: MetaParams, tokenizer: SentencePieceLlamaTokenizer, vocab_size: int, dtype: torch.dtype
-) -> LlamaConfig:
-    """The ``LlamaConfig`` equivalent to ``params`` (special token ids from the tokenizer)."""
-    return LlamaConfig(
-        architectures=["LlamaForCausalLM"],
-        vocab_size=vocab_size,
-        hidden_size=params.dim,
-        intermediate_size=params.intermediate_size,
-        num_hidden_layers=params.n_layers,
-        num_attention_heads=params.n_heads,
-        num_key_value_heads=params.n_kv_heads,
-        hidden_act="silu",
-        max_position_embeddings=params.max_position_embeddings,
-        rms_norm_eps=params.norm_eps,
-        # transformers 5 takes the rotary base only through rope_parameters.
-        rope_parameters={"rope_type": "default", "rope_theta": params.rope_theta},
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        dtype=dtype,
-    )
-
-
 # --------------------------------------------------------------------------------------------
-# Public entry point
+# Loading
 # --------------------------------------------------------------------------------------------
 
 
@@ -602,3 +351,29 @@ def _model_from_state_dict(
     if leftover:  # a transformers change added a buffer we do not know how to fill
         raise RuntimeError(f"tensors left uninitialised after conversion: {leftover[:5]}")
     return model.eval()
+
+
+def load_meta_format(
+    path: str | Path, *, dtype: torch.dtype, placement: dict | None = None, verify: bool = True
+) -> tuple[LlamaForCausalLM, SentencePieceLlamaTokenizer, ModelSource]:
+    """The format registry's loader for Meta folders: checklist first, then the conversion.
+
+    Args:
+        path: the checkpoint folder.
+        dtype: dtype of the returned model's weights.
+        placement: unused; the converted model is built on the CPU and ``load_model`` places it.
+        verify: check ``checklist.chk`` when present (a mismatch raises ``ChecksumError``
+            before any shard is unpickled).
+
+    Returns:
+        ``(model, tokenizer, source)``; ``source.details["shards"]`` is the shard count.
+
+    >>> model, tokenizer, source = load_meta_format("llama/7B", dtype=torch.float32)  # doctest: +SKIP
+    >>> source.format, source.checksum_status  # doctest: +SKIP
+    ('meta', 'verified')
+    """
+    path = Path(path)
+    shards = len(list(path.glob("consolidated.*.pth")))
+    source = checked_source("meta", path, verify=verify, details={"shards": shards})
+    model, tokenizer = load_meta_checkpoint(path, dtype=dtype)
+    return model, tokenizer, source

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from workbench.errors import CheckpointError
+from workbench.common.errors import CheckpointError
 
 
 def load_torch_file(path: str | Path) -> dict[str, torch.Tensor]:

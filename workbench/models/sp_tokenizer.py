@@ -17,7 +17,7 @@ from pathlib import Path
 import sentencepiece as spm
 from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
 
-from workbench.errors import CheckpointError
+from workbench.common.errors import CheckpointError
 
 
 class SentencePieceLlamaTokenizer(SentencePieceBackend):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from workbench.errors import CheckpointError
+from workbench.common.errors import CheckpointError
 
 CHUNK = 8 << 20
 WEIGHT_SUFFIXES = (".pth", ".bin", ".safetensors", ".gguf")

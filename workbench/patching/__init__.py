@@ -4,7 +4,7 @@
   batched and resumed from the patched layer; equal to TransformerLens's ``get_act_patch_*``.
 - :func:`attribution_patch`: the gradient estimate of every cell from three passes.
 - ``model.steer`` / ``model.ablate`` / ``model.ablate_heads`` / ``model.ablate_neurons``:
-  temporary interventions (:mod:`workbench.patching.steering`).
+  temporary interventions (:mod:`workbench.models.interventions`).
 - :func:`dose_response`: a metric against steering strength, with a placebo direction.
 - metrics: :func:`logit_diff`, :func:`token_prob`, :func:`kl_to_clean`, or any
   ``logits -> number`` callable.
@@ -13,8 +13,8 @@
 from workbench.patching.attribution import attribution_agreement, attribution_patch
 from workbench.patching.dose import DoseResponse, dose_response
 from workbench.patching.metrics import PatchingError, kl_to_clean, logit_diff, token_prob
-from workbench.patching.sites import SITES, Site
-from workbench.patching.steering import ablate, ablate_heads, ablate_neurons, steer
+from workbench.models.sites import SITES, Site
+from workbench.models.interventions import ablate, ablate_heads, ablate_neurons, steer
 from workbench.patching.sweep import PatchResult, patch_sweep, token_alignment
 
 __all__ = [

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from workbench.patching.metrics import Metric, PatchingError, evaluate_metric
-from workbench.patching.sites import get_site
+from workbench.models.sites import get_site
 from workbench.patching.sweep import PatchResult, normalise, paired_tokens, MODES
 
 

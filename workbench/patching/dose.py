@@ -11,7 +11,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from workbench.patching.metrics import PatchingError
-from workbench.patching.steering import steer, unit_vector
+from workbench.models.interventions import steer, unit_vector
 
 
 @dataclass
@@ -51,7 +51,7 @@ def dose_response(
     """Run ``eval(model)`` under ``model.steer(direction, layer, alpha)`` for each alpha.
 
     Args:
-        direction: what to steer along (see :func:`~workbench.patching.steering.steer`).
+        direction: what to steer along (see :func:`~workbench.models.interventions.steer`).
         layer: the block (default: the Direction's layer).
         alphas: steering strengths.
         eval: ``model -> number``, or ``model -> result`` with a ``.metrics`` table (an eval

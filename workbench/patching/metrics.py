@@ -15,13 +15,9 @@ from typing import Callable
 
 import torch
 
-from workbench.errors import WorkbenchError
+from workbench.common.errors import PatchingError
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
-
-
-class PatchingError(WorkbenchError, ValueError):
-    """Bad input to a patching, attribution or steering call; the message names the argument."""
 
 
 def single_token(model, text: str, argument: str = "token") -> int:

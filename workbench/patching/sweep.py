@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from workbench.patching.metrics import Metric, PatchingError, evaluate_metric
 from workbench.patching.runs import RecordedRun
-from workbench.patching.sites import Site, get_site
+from workbench.models.sites import Site, get_site
 
 MODES = ("denoise", "noise")
 # Logits dominate the memory of a batched run: keep one chunk's logits under this many bytes.

@@ -1,10 +1,10 @@
 """Probing: concept datasets, linear probes, per-layer sweeps and the directions they yield.
 
-Also reachable as ``wb.probes`` (``wb.probes.load("gender")``).
+The concept loader is also ``wb.load_concept("gender")``.
 """
 
 from workbench.probing.concepts import Concept, list_concepts, load
-from workbench.probing.directions import Direction, load_directions, save_directions
+from workbench.models.direction import Direction, load_directions, save_directions
 from workbench.probing.estimators import LinearProbe, MassMeanProbe, RidgeProbe, fit_logistic_layers
 from workbench.probing.sweep import ProbeResult, probe_sweep
 

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from workbench.probing.concepts import Concept, load
-from workbench.probing.directions import Direction
+from workbench.models.direction import Direction
 from workbench.probing.estimators import MassMeanProbe, RidgeProbe, decision_layers, fit_logistic_layers
 
 METHODS = ("logistic", "mass_mean", "ridge")
@@ -81,7 +81,7 @@ class ProbeResult:
         import json
         from pathlib import Path
 
-        from workbench.probing.directions import save_directions
+        from workbench.models.direction import save_directions
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

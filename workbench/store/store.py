@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench.errors import WorkbenchError
+from workbench.common.errors import WorkbenchError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1

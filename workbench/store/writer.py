@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench.hooks import HookSelection, select_hooks
+from workbench.models.hooks import HookSelection, select_hooks
 from workbench.store.store import FORMAT_VERSION, MANIFEST, ActivationStore, ShardedArray, StoreError
 
 STORE_DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -172,9 +172,9 @@ def _check_hooks(model, selection: HookSelection) -> tuple[list[str], dict[str, 
 
 
 def _dim_sizes(model) -> dict[str, int]:
-    from workbench.hooks import _named_dims
+    from workbench.models.hooks import named_dims
 
-    return {**_named_dims(model), "1": 1}
+    return {**named_dims(model), "1": 1}
 
 
 def _parse_positions(positions, frame: pd.DataFrame) -> tuple[dict, pd.DataFrame]:

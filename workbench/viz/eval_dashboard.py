@@ -223,8 +223,8 @@ class EvalDashboard(w.VBox):
         labels: names of the two runs.
         top: rows in the drill-down table.
 
-    >>> dash = wb.EvalDashboard("runs/quick")                                      # doctest: +SKIP
-    >>> dash = wb.EvalDashboard(before, compare=after, labels=("before", "steered"))  # doctest: +SKIP
+    >>> dash = wb.viz.EvalDashboard("runs/quick")                                      # doctest: +SKIP
+    >>> dash = wb.viz.EvalDashboard(before, compare=after, labels=("before", "steered"))  # doctest: +SKIP
     >>> dash.suite.value = "crows_pairs"; dash.category.value = "gender"          # doctest: +SKIP
     """
 

@@ -163,7 +163,7 @@ def logit_lens(
         positions: positions to decode (negative counts from the end); default: every position
             of prompts up to 64 tokens, the last 64 otherwise.
 
-    >>> lens = wb.logit_lens(model, "The capital of France is", target=" Paris")   # doctest: +SKIP
+    >>> lens = wb.viz.logit_lens(model, "The capital of France is", target=" Paris")   # doctest: +SKIP
     >>> lens.target.query("position == 5")[["layer", "prob"]].tail(2)           # doctest: +SKIP
     """
     resid, tokens = residual_stack(model, prompt)
@@ -175,7 +175,7 @@ def logit_lens(
 def logit_lens_figure(lens: LogitLens, title: str = "logit lens: top token by layer") -> go.Figure:
     """Layers x positions heatmap: colour = top-1 probability, text = top-1 token, hover = top k.
 
-    >>> fig = logit_lens_figure(wb.logit_lens(model, "The capital of France is"))  # doctest: +SKIP
+    >>> fig = logit_lens_figure(wb.viz.logit_lens(model, "The capital of France is"))  # doctest: +SKIP
     """
     top = lens.top
     first = top[top["rank"] == 1].pivot(index="layer", columns="position", values="prob")
@@ -209,7 +209,7 @@ def logit_lens_figure(lens: LogitLens, title: str = "logit lens: top token by la
 def target_probability_figure(lens: LogitLens, position: int = -1) -> go.Figure:
     """Probability (and rank) of the target token at one position, across layers.
 
-    >>> fig = target_probability_figure(wb.logit_lens(model, "The capital of France is", target=" Paris"))  # doctest: +SKIP
+    >>> fig = target_probability_figure(wb.viz.logit_lens(model, "The capital of France is", target=" Paris"))  # doctest: +SKIP
     """
     if lens.target.empty:
         fig = go.Figure()

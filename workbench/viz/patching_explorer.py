@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 import torch
 
 from workbench.patching.metrics import evaluate_metric, logit_diff
-from workbench.patching.sites import SITES, get_site
+from workbench.models.sites import SITES, get_site
 from workbench.patching.sweep import _patch_hook, paired_tokens, patch_sweep
 from workbench.viz._common import escape, guarded, refresh, set_status, token_label
 from workbench.viz.patching import patch_figure
@@ -98,7 +98,7 @@ class PatchingExplorer(w.VBox):
         result: a sweep already computed for these prompts, answer and wrong tokens (shown
             without running it again; ``Run`` recomputes).
 
-    >>> explorer = wb.PatchingExplorer(model, "When Mary and John went to the store, John gave a drink to",
+    >>> explorer = wb.viz.PatchingExplorer(model, "When Mary and John went to the store, John gave a drink to",
     ...                                "When Mary and John went to the store, Mary gave a drink to",
     ...                                answer=" Mary", wrong=" John")               # doctest: +SKIP
     >>> explorer.site.value = "attn_out"; explorer.run_button.click()             # doctest: +SKIP

@@ -73,7 +73,7 @@ class ProbeExplorer(w.VBox):
         concepts: the ``Concept`` of each result, for example texts and label names in the
             projection (optional: without it examples are shown by index).
 
-    >>> explorer = wb.ProbeExplorer(result, concept)                             # doctest: +SKIP
+    >>> explorer = wb.viz.ProbeExplorer(result, concept)                             # doctest: +SKIP
     >>> explorer.layer.value = "blocks.12.hook_resid_post"                        # doctest: +SKIP
     """
 

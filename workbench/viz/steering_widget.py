@@ -61,7 +61,7 @@ class SteeringGenerator(w.VBox):
     A change of any control generates again (the unsteered text is reused while only the layer,
     direction or strength change).
 
-    >>> gen = wb.SteeringGenerator(model, {"gender": sweep.direction(12)}, "The nurse said that", alpha=6)  # doctest: +SKIP
+    >>> gen = wb.viz.SteeringGenerator(model, {"gender": sweep.direction(12)}, "The nurse said that", alpha=6)  # doctest: +SKIP
     >>> gen.alpha.value = -6                                                                           # doctest: +SKIP
     """
 

@@ -43,7 +43,7 @@ class AttentionViewer(w.VBox):
 
     Clicking a panel of the head grid selects that head.
 
-    >>> viewer = wb.AttentionViewer(model, "When Mary and John went to the store, John gave a drink to")  # doctest: +SKIP
+    >>> viewer = wb.viz.AttentionViewer(model, "When Mary and John went to the store, John gave a drink to")  # doctest: +SKIP
     >>> viewer.layer.value = 5                                                  # doctest: +SKIP
     """
 
@@ -130,7 +130,7 @@ class LogitLensViewer(w.VBox):
         k: top tokens listed in the hover text.
         page_size: positions decoded and shown at once; longer prompts get a ``window`` slider.
 
-    >>> viewer = wb.LogitLensViewer(model, "The capital of France is", target=" Paris")  # doctest: +SKIP
+    >>> viewer = wb.viz.LogitLensViewer(model, "The capital of France is", target=" Paris")  # doctest: +SKIP
     """
 
     def __init__(self, model: HookedLlama, prompt: str = "The capital of France is", target: str = " Paris",
@@ -211,7 +211,7 @@ class ModelExplorer(w.VBox):
     Type words (``attention pattern``) or a glob (``blocks.*.hook_resid_post``) in ``search``;
     selecting a hook runs ``sample`` through the model and shows that hook's activation.
 
-    >>> explorer = wb.ModelExplorer(model)                                     # doctest: +SKIP
+    >>> explorer = wb.viz.ModelExplorer(model)                                     # doctest: +SKIP
     >>> explorer.search.value = "resid_post"; explorer.hooks.value = "blocks.3.hook_resid_post"  # doctest: +SKIP
     """
 

@@ -14,3 +14,15 @@ class CheckpointError(WorkbenchError):
 
 class ChecksumError(CheckpointError):
     """A file does not match the checksum its checklist records."""
+
+
+class DataError(WorkbenchError, ValueError):
+    """A dataset file is missing or malformed; the message names the file (and line)."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """A dataset's files (or the data directory itself) are not where they were looked for."""
+
+
+class PatchingError(WorkbenchError, ValueError):
+    """An intervention or a patching experiment cannot run as asked (the message says why)."""

@@ -1,4 +1,7 @@
-"""Concept directions with provenance, saved as safetensors for the steering code to read.
+"""Directions in a hook's activation space, with provenance, saved as safetensors.
+
+Probes find them (:mod:`workbench.probing`), steering and ablation use them
+(:mod:`workbench.models.interventions`): they live on the ground floor so both can.
 
 A direction file holds one unit vector per hook (tensor name = hook name, shape ``[d_model]``)
 and, in the safetensors header metadata, where it came from: concept, method, layer, data hash,
@@ -15,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workbench.errors import WorkbenchError
+from workbench.common.errors import WorkbenchError
+from workbench.common.files import atomic_path
 
 
 @dataclass
@@ -81,8 +85,8 @@ def save_directions(path: str | Path, directions: list[Direction]) -> Path:
         raise ValueError(f"one direction per hook: {hooks}")
     tensors = {d.hook: torch.from_numpy(d.vector.copy()) for d in directions}
     meta = {d.hook: {k: v for k, v in asdict(d).items() if k not in ("vector", "hook")} for d in directions}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"workbench_directions": json.dumps(meta, default=_jsonable)})
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"workbench_directions": json.dumps(meta, default=_jsonable)})
     return path
 
 

@@ -15,20 +15,14 @@ listed by ``model.active_interventions()``, which eval manifests record.
 from __future__ import annotations
 
 import contextlib
-import re
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from workbench.patching.metrics import PatchingError
-
-_SITE_HOOKS = {
-    "resid_pre": "blocks.{layer}.hook_resid_pre",
-    "resid_post": "blocks.{layer}.hook_resid_post",
-    "attn_out": "blocks.{layer}.hook_attn_out",
-    "mlp_out": "blocks.{layer}.hook_mlp_out",
-}
+from workbench.common.errors import PatchingError
+from workbench.models.direction import Direction
+from workbench.models.sites import get_site, site_of_hook
 
 
 def unit_vector(model, direction: Any) -> tuple[torch.Tensor, str, str | None]:
@@ -37,13 +31,11 @@ def unit_vector(model, direction: Any) -> tuple[torch.Tensor, str, str | None]:
     ``site`` is the residual site a :class:`~workbench.Direction` was found at (from its hook
     name, e.g. ``resid_post``), or None for a bare vector.
     """
-    from workbench.probing.directions import Direction
-
     site = None
     if isinstance(direction, Direction):
         vector, name = direction.torch(), f"{direction.concept}/{direction.method}@{direction.hook}"
-        match = re.match(r"blocks\.\d+\.hook_(\w+)$", direction.hook)
-        site = match.group(1) if match and match.group(1) in _SITE_HOOKS else None
+        own = site_of_hook(direction.hook)
+        site = own.name if own else None
     elif isinstance(direction, (torch.Tensor, np.ndarray, list, tuple)):
         vector, name = torch.as_tensor(np.asarray(direction, dtype=np.float32)).reshape(-1), "vector"
     else:
@@ -194,9 +186,7 @@ def _check_layer(model, layer) -> int:
 
 
 def _hook(site: str, layer: int) -> str:
-    if site not in _SITE_HOOKS:
-        raise PatchingError(f"site {site!r}: steering sites are {', '.join(_SITE_HOOKS)}")
-    return _SITE_HOOKS[site].format(layer=layer)
+    return get_site(site, steerable=True).hook_name(layer)
 
 
 def _pairs(model, items, argument: str, size: int) -> list[tuple[int, int]]:

@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
-from workbench.patching.sites import SITES
+from rich.console import Console
+
+from workbench.cli.options import add_model_options, load_model_from
+from workbench.models.sites import SITES
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Any) -> None:
+    """Register ``patch`` on the ``workbench`` command's subparsers."""
     p = sub.add_parser("patch", help="activation-patching sweep: table + HTML heatmap")
-    p.add_argument("--model", default=None, help="checkpoint (default: the embedded model)")
+    add_model_options(p)
     p.add_argument("--clean", required=True, action="append", help="clean prompt (repeat for a batch)")
     p.add_argument("--corrupt", required=True, action="append", help="corrupted prompt, paired by order")
     p.add_argument("--metric", default="logit_diff", choices=["logit_diff", "prob", "kl"],
@@ -29,30 +34,27 @@ def add_parser(sub) -> None:
     p.add_argument("--mode", default="denoise", choices=["denoise", "noise"])
     p.add_argument("--layers", type=int, nargs="*", default=None)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--device", default=None)
     p.set_defaults(run=cmd_patch)
 
 
-def cmd_patch(args: argparse.Namespace) -> int:
-    from rich.console import Console
+def cmd_patch(args: argparse.Namespace, console: Console) -> int:
+    from workbench.patching import kl_to_clean, logit_diff, patch_sweep, token_prob
 
-    import workbench as wb
-
-    console = Console()
+    # Argument errors first: they need no model.
     if len(args.clean) != len(args.corrupt):
         raise ValueError(f"--clean given {len(args.clean)} times but --corrupt {len(args.corrupt)} times")
     if args.metric in ("logit_diff", "prob") and args.answer is None:
         raise ValueError(f"--metric {args.metric} needs --answer")
     if args.metric == "logit_diff" and args.wrong is None:
         raise ValueError("--metric logit_diff needs --wrong")
-    model = wb.load_model(args.model, device=args.device)
+    model = load_model_from(args, console)
     if args.metric == "logit_diff":
-        metric = wb.logit_diff(model, args.answer, args.wrong)
+        metric = logit_diff(model, args.answer, args.wrong)
     elif args.metric == "prob":
-        metric = wb.token_prob(model, args.answer)
+        metric = token_prob(model, args.answer)
     else:
-        metric = wb.kl_to_clean(model, args.clean)
-    res = wb.patch_sweep(model, args.clean, args.corrupt, metric, site=args.site, mode=args.mode, layers=args.layers)
+        metric = kl_to_clean(model, args.clean)
+    res = patch_sweep(model, args.clean, args.corrupt, metric, site=args.site, mode=args.mode, layers=args.layers)
     out = res.save(args.out)
     res.plot().write_html(Path(out) / "heatmap.html", include_plotlyjs=True, full_html=True)
     console.print(f"{res.metric_name}: clean {res.clean_value:.4f}, corrupted {res.corrupt_value:.4f}")

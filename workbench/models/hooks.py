@@ -1,4 +1,4 @@
-"""Hook catalogue and hook-name selection.
+"""The hook catalogue and hook selection.
 
 Every stage after loading names activations by TransformerLens hook names. This module says
 which hooks a model has (name, shape, meaning) and turns the ways a user may select them (exact
@@ -7,6 +7,7 @@ names, glob patterns such as ``"blocks.*.hook_resid_post"``, predicates) into on
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import re
 from typing import TYPE_CHECKING, Callable, Iterable
@@ -71,19 +72,43 @@ _COMPONENT_NAMES = {
 }
 
 
-def names_filter_fn(selection: HookSelection) -> Callable[[str], bool] | None:
-    """Turn a hook selection into a predicate on hook names (``None`` stays ``None`` = all).
+def select_hooks(model: HookedLlama, selection: HookSelection, *, strict: bool = True) -> list[str]:
+    """The model's hook names a selection picks, in forward order: the one way to select hooks.
 
     Args:
-        selection: an exact name, a glob pattern (``*``, ``?``, ``[...]``), a list of those, or
-            a predicate.
+        model: the model whose catalogue is searched.
+        selection: an exact name, a glob pattern (``*``, ``?``, ``[...]``), a list of those, a
+            predicate on names, or ``None`` (every hook).
+        strict: every pattern must match some hook, so a typo does not pass silently (the error
+            suggests close names). ``strict=False`` returns whatever matches, possibly nothing,
+            as TransformerLens's ``names_filter`` does.
 
-    >>> f = names_filter_fn(["blocks.*.hook_resid_post", "hook_embed"])
-    >>> f("blocks.12.hook_resid_post"), f("blocks.12.hook_resid_pre"), f("hook_embed")
-    (True, False, True)
+    Raises:
+        ValueError: with ``strict``, a pattern (or the predicate) matches no hook.
+
+    >>> select_hooks(model, "blocks.1?.hook_resid_post")[:2]           # doctest: +SKIP
+    ['blocks.10.hook_resid_post', 'blocks.11.hook_resid_post']
+    >>> select_hooks(model, "blocks.*.hook_typo", strict=False)          # doctest: +SKIP
+    []
     """
+    names = model.hook_names()
     if selection is None or callable(selection):
-        return selection
+        chosen = names if selection is None else [n for n in names if selection(n)]
+        if strict and not chosen:
+            raise ValueError("the hook predicate matches no hook of this model")
+        return chosen
+    patterns = [selection] if isinstance(selection, str) else list(selection)
+    if strict:
+        for pattern in patterns:
+            if not any(_matcher(pattern)(n) for n in names):
+                close = difflib.get_close_matches(pattern, names, n=3)
+                hint = f"; did you mean {close}?" if close else ""
+                raise ValueError(f"hooks={pattern!r} matches no hook of this model{hint}")
+    keep = _matcher(patterns)
+    return [n for n in names if keep(n)]
+
+
+def _matcher(selection: str | Iterable[str]) -> Callable[[str], bool]:
     patterns = [selection] if isinstance(selection, str) else list(selection)
     if not all(isinstance(p, str) for p in patterns):
         raise TypeError(f"hook selection must be names, glob patterns or a predicate: {selection!r}")
@@ -92,46 +117,20 @@ def names_filter_fn(selection: HookSelection) -> Callable[[str], bool] | None:
     return lambda name: name in exact or any(g.match(name) for g in globs)
 
 
-def select_hooks(model: HookedLlama, selection: HookSelection) -> list[str]:
-    """The catalogue's hook names a selection picks, in forward order.
-
-    Raises:
-        ValueError: the selection matches no hook (the message suggests close names).
-
-    >>> select_hooks(model, "blocks.1?.hook_resid_post")[:2]           # doctest: +SKIP
-    ['blocks.10.hook_resid_post', 'blocks.11.hook_resid_post']
-    """
-    names = model.hook_names()
-    if selection is None or callable(selection):
-        chosen = names if selection is None else [n for n in names if selection(n)]
-        if not chosen:
-            raise ValueError("the hook predicate matches no hook of this model")
-        return chosen
-    patterns = [selection] if isinstance(selection, str) else list(selection)
-    for pattern in patterns:  # each pattern must match something: a typo must not pass silently
-        if not any(names_filter_fn(pattern)(n) for n in names):
-            import difflib
-
-            close = difflib.get_close_matches(pattern, names, n=3)
-            hint = f"; did you mean {close}?" if close else ""
-            raise ValueError(f"hooks={pattern!r} matches no hook of this model{hint}")
-    keep = names_filter_fn(patterns)
-    chosen = [n for n in names if keep(n)]
-    return chosen
-
-
-def hook_catalogue(model: HookedLlama) -> pd.DataFrame:
+def build_catalogue(model: HookedLlama) -> pd.DataFrame:
     """Every hook that fires in a forward pass, found by running one short prompt.
+
+    ``model.hook_catalogue()`` calls this once per model and keeps the table.
 
     Returns:
         One row per hook, in forward order: ``name``, ``layer`` (``<NA>`` outside blocks),
         ``component``, ``shape`` (symbolic, e.g. ``"[batch, pos, d_model]"``) and
         ``description``.
 
-    >>> hook_catalogue(model).query("name == 'blocks.0.hook_resid_post'").shape.item()  # doctest: +SKIP
+    >>> build_catalogue(model).query("name == 'blocks.0.hook_resid_post'").shape.item()  # doctest: +SKIP
     '[batch, pos, d_model]'
     """
-    dims = _named_dims(model)
+    dims = named_dims(model)
     n_pos = _probe_length(dims)
     tokens = torch.full((1, n_pos), _probe_token(model), dtype=torch.long, device=model.device)
     with torch.no_grad():
@@ -158,7 +157,8 @@ def hook_catalogue(model: HookedLlama) -> pd.DataFrame:
     return frame
 
 
-def _named_dims(model: HookedLlama) -> dict[str, int]:
+def named_dims(model: HookedLlama) -> dict[str, int]:
+    """The model's dimensions by TransformerLens name: ``d_model``, ``d_mlp``, ``d_vocab`` ..."""
     c = model.hf_model.config
     d_head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     # Order matters when two dimensions are equal: the first name wins.

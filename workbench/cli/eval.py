@@ -17,11 +17,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from workbench.cli.options import add_model_options, add_ray_options, load_model_from
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
+
+def add_parser(sub: Any) -> None:
     """Register ``eval`` on the ``workbench`` command's subparsers."""
     p = sub.add_parser("eval", help="run safety eval suites (safety | quick | a suite name)")
-    p.add_argument("--model", default=None, help="checkpoint folder, .gguf file or hub id (default: embedded SmolLM2)")
+    add_model_options(p)
     p.add_argument("--suite", default="quick", help="safety | quick | a suite name (see --list)")
     p.add_argument("--data-dir", default=None, help="benchmark data folder (default: $WORKBENCH_DATA, else the per-user folder)")
     p.add_argument("--out", default=None, help="results folder (rerun with the same --out to resume)")
@@ -33,22 +35,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="toxicity suite size: full (k = 25, every prompt) or quick (k = 5, a sample); default: the group's")
     p.add_argument("--scorer", default=None,
                    help="toxicity scorer: profanity-check (default), detoxify:PATH or hf:PATH (a local classifier folder)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default=None)
     p.add_argument("--list", action="store_true", help="list suites and groups, then exit")
-    p.add_argument("--ray", default=None, metavar="ADDRESS",
-                   help="score on Ray: 'local' (a private instance here) or a cluster address ('auto', 'ray://host:10001')")
-    p.add_argument("--workers", type=int, default=2, help="Ray workers (one model replica each)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per Ray worker")
+    add_ray_options(p)
     p.set_defaults(run=cmd_eval)
-    return p
 
 
-def cmd_eval(args: argparse.Namespace, console: Console | None = None) -> int:
-    from workbench.evals.run import run_suite
+def cmd_eval(args: argparse.Namespace, console: Console) -> int:
+    from workbench.evals import run_suite
     from workbench.evals.suites import list_groups, list_suites, load_group, load_suite
 
-    console = console or Console()
     if args.list:
         table = Table(title="eval suites")
         for column in ("suite", "version", "data", "metrics"):
@@ -69,10 +64,7 @@ def cmd_eval(args: argparse.Namespace, console: Console | None = None) -> int:
         console.print(f"[red]--toxicity-mode/--scorer apply to the toxicity suite, which {args.suite!r} does not run[/]")
         return 2
 
-    from workbench.models.loading import load_model
-
-    with console.status(f"loading {args.model or 'the embedded model'} ..."):
-        model = load_model(args.model, dtype=args.dtype, device=args.device)
+    model = load_model_from(args, console)
 
     def report(name, res, reused):
         note = " (reused from --out)" if reused else f" in {res.manifest.get('wall_time_s', 0):.1f} s"
@@ -84,7 +76,8 @@ def cmd_eval(args: argparse.Namespace, console: Console | None = None) -> int:
         from workbench.distributed.evals import run_suite_ray
 
         result = run_suite_ray(args.model, args.suite, address=args.ray, workers=args.workers, threads=args.threads,
-                               device=args.device, model_dtype=args.dtype, model=model, **options)
+                               device=args.device, model_dtype=args.dtype, verify=not args.no_verify, model=model,
+                               **options)
     else:
         result = run_suite(model, args.suite, **options)
     console.print(summary_table(result))
@@ -101,7 +94,7 @@ def cmd_eval(args: argparse.Namespace, console: Console | None = None) -> int:
 
 
 def summary_table(result) -> Table:
-    """Headline metrics of each suite with 95% CIs and n."""
+    """Headline metrics of each suite of a :class:`~workbench.evals.SuiteResult` with 95% CIs and n."""
     table = Table(title=f"{result.group}: headline metrics (95% bootstrap CI)")
     for column, justify in (("suite", "left"), ("metric", "left"), ("value", "right"),
                             ("95% CI", "right"), ("n", "right")):

@@ -3,20 +3,49 @@
 Describe the model, answer a question, run one cached forward pass and show the residual-stream
 norm at each layer; with ``--suite`` (what ``make demo`` runs) also the quick safety suite, its
 HTML report and the ``04`` notebook headless (:func:`run_suite_demo`).
+
+    workbench demo --model path/to/llama --max-new-tokens 20
+    workbench demo --suite --suite-out runs/quick-suite
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import torch
 from rich.console import Console
 from rich.table import Table
 
-from workbench.models.hooked import HookedLlama
+from workbench.cli.eval import summary_table
+from workbench.cli.models import print_info
+from workbench.cli.options import add_model_options, load_model_from
+
+if TYPE_CHECKING:
+    from workbench.models.hooked import HookedLlama
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``demo`` on the ``workbench`` command's subparsers."""
+    p = sub.add_parser("demo", help="the main job on a model (default: the embedded one)")
+    add_model_options(p)
+    p.add_argument("--prompt", default="Q: What is the capital of France?\nA:")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--suite", action="store_true",
+                   help="also run the quick safety suite, write its HTML report and run notebook 04 headless")
+    p.add_argument("--suite-out", default="runs/quick-suite", help="folder for the suite results and the report")
+    p.set_defaults(run=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace, console: Console) -> int:
+    model = load_model_from(args, console)
+    run_demo(model, prompt=args.prompt, max_new_tokens=args.max_new_tokens, console=console)
+    if args.suite:
+        run_suite_demo(model, args.suite_out, console=console)
+    return 0
 
 
 def residual_norms(model: HookedLlama, text: str) -> pd.DataFrame:
@@ -26,6 +55,8 @@ def residual_norms(model: HookedLlama, text: str) -> pd.DataFrame:
        layer  hook                       mean_norm  last_token_norm
     0      0  blocks.0.hook_resid_post   ...
     """
+    import torch
+
     with torch.no_grad():
         _, cache = model.run_with_cache(text, names_filter="blocks.*.hook_resid_post")
     rows = []
@@ -38,10 +69,9 @@ def residual_norms(model: HookedLlama, text: str) -> pd.DataFrame:
 
 
 def run_demo(model: HookedLlama, *, prompt: str, max_new_tokens: int = 20, console: Console | None = None) -> None:
+    """The model half of the main job, printed on ``console``: info, a greedy answer, residual norms."""
     console = console or Console()
-    from workbench.cli import print_info
-
-    print_info(model.info())
+    print_info(model.info(), console)
     start = time.perf_counter()
     answer = model.generate(prompt, max_new_tokens=max_new_tokens, include_prompt=False)
     console.print(f"\n[bold]prompt:[/] {prompt!r}\n[bold]answer:[/] {answer!r}  "
@@ -59,7 +89,7 @@ def run_demo(model: HookedLlama, *, prompt: str, max_new_tokens: int = 20, conso
 
 def notebook_path(name: str = "04_safety_eval_suite.ipynb") -> Path | None:
     """A study notebook of a source checkout (``notebooks/`` beside the package), or None (installed wheel)."""
-    path = Path(__file__).resolve().parents[1] / "notebooks" / name
+    path = Path(__file__).resolve().parents[2] / "notebooks" / name  # workbench/cli/demo.py -> the checkout
     return path if path.is_file() else None
 
 
@@ -78,8 +108,7 @@ def run_suite_demo(model: HookedLlama, out: str | os.PathLike = "runs/quick-suit
     PosixPath('runs/quick-suite/report.html')
     """
     from workbench.evals import run_suite
-    from workbench.evals.cli import summary_table
-    from workbench.evals.report import write_report
+    from workbench.viz.report import write_report
 
     console = console or Console()
     out = Path(out).resolve()
