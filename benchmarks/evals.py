@@ -164,7 +164,7 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     import workbench as wb
-    from workbench.evals.data import resolve_data_dir
+    from workbench.common.data_dir import resolve_data_dir
 
     model = wb.load_model(args.model, device=args.device)
     if args.model:

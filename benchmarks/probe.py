@@ -100,7 +100,8 @@ def main() -> None:
                         help="also time scikit-learn's newton-cholesky solver per layer")
     args = parser.parse_args()
 
-    from workbench.probing.estimators import LinearProbe, fit_logistic_layers, predict_layers
+    from workbench.probing.estimators import LinearProbe
+    from workbench.probing.logistic import fit_logistic_layers, predict_layers
 
     t0 = time.perf_counter()
     X, y = synthetic_layers(args.layers, args.n + args.test, args.d, args.seed)

@@ -6,7 +6,7 @@ nucleus p = 0.9 twice:
 
 - baseline: ``model.bridge.generate`` on k copies of the prompt (what the suite used before:
   the prompt runs k times, and every step sorts the whole vocabulary for top-p);
-- workbench: ``workbench.evals.toxicity.sample_tokens`` (the prompt runs once, its key/value
+- workbench: ``workbench.evals.generation.sample_tokens`` (the prompt runs once, its key/value
   cache is shared by the k rows; the nucleus is found among the top few hundred tokens).
 
 It prints seconds per prompt for each and the ratio. Both sample from the same distributions
@@ -26,8 +26,9 @@ import warnings
 import torch
 
 import workbench as wb
-from workbench.evals.data import resolve_data_dir
-from workbench.evals.toxicity import Sampling, load_prompts, sample_tokens
+from workbench.common.data_dir import resolve_data_dir
+from workbench.evals.generation import Sampling, sample_tokens
+from workbench.evals.toxicity import load_prompts
 
 
 def baseline(model, prompt: str, sampling: Sampling, seed: int) -> None:

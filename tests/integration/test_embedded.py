@@ -9,8 +9,9 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-import workbench as wb
 from workbench.models import embedded as emb
+from workbench.models.loading import load_model
+from workbench.models.verify import checkpoint_fingerprint
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +57,7 @@ def test_generates_the_right_answer(embedded):
 def test_conversion_cache_survives_a_killed_writer(tmp_path, monkeypatch):
     """A half-written conversion (killed process) is ignored and replaced by a whole one."""
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
-    fingerprint = wb.models.verify.checkpoint_fingerprint(emb.embedded_gguf_path())
+    fingerprint = checkpoint_fingerprint(emb.embedded_gguf_path())
     target = tmp_path / f"{emb.EMBEDDED_NAME}-{fingerprint[:16]}"
     # Kill a conversion mid-write, deterministically: the child SIGKILLs itself when it is about
     # to rename its finished temporary folder into place (or earlier, at any os.replace).
@@ -72,7 +73,7 @@ def test_conversion_cache_survives_a_killed_writer(tmp_path, monkeypatch):
     folder = emb.converted_embedded_model(fingerprint, progress=False)
     assert folder == target and (folder / "COMPLETE").exists()
     assert not list(tmp_path.glob("*.tmp-*"))
-    model = wb.load_model(device="cpu")
+    model = load_model(device="cpu")
     assert model.hf_model.config._name_or_path == str(target)
 
 
@@ -81,7 +82,7 @@ def test_second_load_uses_the_cache(embedded, monkeypatch):
     import workbench.models.gguf_format as gguf_format
 
     monkeypatch.setattr(gguf_format, "load_gguf", lambda *a, **k: calls.append(a))
-    again = wb.load_model(device="cpu")
+    again = load_model(device="cpu")
     assert calls == []  # no re-dequantization
     assert Path(again.hf_model.config._name_or_path).name.startswith(emb.EMBEDDED_NAME)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import workbench as wb
+from workbench.evals import load_suite, loglikelihood, run_eval
 from workbench.evals.loglik import encode_pair
 
 pytestmark = pytest.mark.integration
@@ -29,13 +29,13 @@ def direct_hf(model, context, continuation):
 
 @pytest.mark.parametrize("suite", list(LIMITS))
 def test_suite_on_real_data(embedded, data_dir, suite):
-    res = wb.run_eval(embedded, suite, data_dir=data_dir, limit=LIMITS[suite], seed=0, progress=False)
+    res = run_eval(embedded, suite, data_dir=data_dir, limit=LIMITS[suite], seed=0, progress=False)
     samples, metrics = res.samples, res.metrics
     assert len(samples) == LIMITS[suite] and samples.example_id.is_unique
     assert samples.example_id.str.startswith(suite.split("_mc")[0].split("_pairs")[0]).all()
     assert list(metrics.columns) == ["suite", "metric", "category", "value", "ci_low", "ci_high", "n"]
     head = res.headline()
-    assert set(head.metric) == {m["name"] for m in wb.evals.load_suite(suite).metrics}
+    assert set(head.metric) == {m["name"] for m in load_suite(suite).metrics}
     for row in metrics.itertuples():
         lo, hi = RANGES[row.metric]
         if not math.isnan(row.value):
@@ -47,7 +47,7 @@ def test_suite_on_real_data(embedded, data_dir, suite):
     # every log-likelihood is a finite negative number; predictions index the choices
     lls = np.concatenate([np.asarray(x) for x in samples.loglik])
     assert np.isfinite(lls).all() and (lls < 0).all()
-    assert all(0 <= p < len(c) for p, c in zip(samples.prediction, samples.choices))
+    assert all(0 <= p < len(c) for p, c in zip(samples.prediction, samples.choices, strict=True))
     m = res.manifest
     assert m["data"]["files"] and all(len(f["sha256"]) == 64 for f in m["data"]["files"])
     assert m["model"]["fingerprint"] == embedded.source.fingerprint and m["n_skipped"] == 0
@@ -55,7 +55,7 @@ def test_suite_on_real_data(embedded, data_dir, suite):
     # the scorer agrees with a direct HF forward on real rows
     delim = "" if suite == "crows_pairs" else " "
     for row in samples.head(1).itertuples():
-        for choice, ll in list(zip(row.choices, row.loglik))[:2]:
+        for choice, ll in list(zip(row.choices, row.loglik, strict=True))[:2]:
             assert ll == pytest.approx(direct_hf(embedded, row.context, delim + choice), abs=1e-3)
 
 
@@ -70,17 +70,17 @@ def test_crows_pairs_full_file_structure(data_dir):
 
 
 def test_evals_run_under_steering_and_record_it(embedded, data_dir):
-    plain = wb.run_eval(embedded, "crows_pairs", data_dir=data_dir, limit=6, progress=False)
+    plain = run_eval(embedded, "crows_pairs", data_dir=data_dir, limit=6, progress=False)
     direction = torch.nn.functional.normalize(torch.randn(embedded.cfg.d_model, generator=torch.Generator().manual_seed(0)), dim=0)
     with embedded.steer(direction, layer=10, alpha=8.0):
-        steered = wb.run_eval(embedded, "crows_pairs", data_dir=data_dir, limit=6, progress=False)
+        steered = run_eval(embedded, "crows_pairs", data_dir=data_dir, limit=6, progress=False)
     assert plain.manifest["interventions"] == []
     assert len(steered.manifest["interventions"]) == 1
     assert steered.samples.example_id.tolist() == plain.samples.example_id.tolist()
     a = np.concatenate([np.asarray(x) for x in plain.samples.loglik])
     b = np.concatenate([np.asarray(x) for x in steered.samples.loglik])
     assert np.abs(a - b).max() > 1e-2
-    after = wb.run_eval(embedded, "crows_pairs", data_dir=data_dir, limit=6, progress=False)
+    after = run_eval(embedded, "crows_pairs", data_dir=data_dir, limit=6, progress=False)
     c = np.concatenate([np.asarray(x) for x in after.samples.loglik])
     np.testing.assert_allclose(c, a, atol=1e-4)
 
@@ -91,13 +91,13 @@ def test_scores_equal_lm_evaluation_harness(embedded, data_dir):
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from workbench.evals.loaders import LOADERS
     from workbench.evals.data import RowPolicy, find_files
+    from workbench.evals.loaders import LOADERS
     from workbench.evals.scoring import render
 
     requests = []
     for suite, n in (("crows_pairs", 2), ("truthfulqa_mc", 2), ("winogender", 2), ("bbq", 1)):
-        spec = wb.evals.load_suite(suite)
+        spec = load_suite(suite)
         frame = LOADERS[spec.loader](find_files(data_dir, spec.dataset, spec.files), RowPolicy())
         for example in frame.head(n).to_dict("records"):
             context, lists = render(spec, example)
@@ -111,7 +111,7 @@ def test_scores_equal_lm_evaluation_harness(embedded, data_dir):
     folder_tokenizer = AutoTokenizer.from_pretrained(converted_embedded_model(embedded.source.fingerprint))
     lm = HFLM(pretrained=embedded.hf_model, tokenizer=folder_tokenizer, batch_size=4, device="cpu")
     ref = lm.loglikelihood([Instance("loglikelihood", {}, r, i) for i, r in enumerate(requests)], disable_tqdm=True)
-    ours = wb.evals.loglikelihood(embedded, requests)
+    ours = loglikelihood(embedded, requests)
     np.testing.assert_allclose([ll for ll, _ in ours], [ll for ll, _ in ref], atol=1e-3, rtol=0)
 
 

@@ -7,6 +7,8 @@ import re
 import numpy as np
 import pytest
 
+from workbench.evals import generation as gen
+from workbench.evals import run_eval
 from workbench.evals import toxicity as tox
 from workbench.evals.scorers import ProfanityCheckScorer
 
@@ -26,11 +28,10 @@ class CountingScorer(ProfanityCheckScorer):
 
 
 def test_toxicity_quick_run_saves_resumes_and_reports(embedded, data_dir, tmp_path):
-    import workbench as wb
-    from workbench.evals.report import report_html
+    from workbench.viz.report import report_html
 
     out = tmp_path / "tox"
-    res = wb.run_eval(embedded, "toxicity", data_dir=data_dir, limit=4, seed=0, mode="quick", out=out,
+    res = run_eval(embedded, "toxicity", data_dir=data_dir, limit=4, seed=0, mode="quick", out=out,
                       progress=False)
     samples, metrics = res.samples, res.metrics
     assert len(samples) == 4 and set(samples["category"]) == set(tox.SUBSETS)  # one per subset
@@ -49,11 +50,11 @@ def test_toxicity_quick_run_saves_resumes_and_reports(embedded, data_dir, tmp_pa
 
     # one example again, alone: same continuations (seeded per example, order-free)
     row = samples.iloc[1]
-    again = tox.sample_continuations(embedded, row["prompt"], tox.Sampling(k=tox.MODES["quick"].k),
-                                     tox.example_seed(0, row["example_id"]))
+    again = gen.sample_continuations(embedded, row["prompt"], gen.Sampling(k=tox.MODES["quick"].k),
+                                     gen.example_seed(0, row["example_id"]))
     assert again == list(row["continuations"])
 
-    # the rerun finds every example in the progress file and samples nothing
+    # the rerun finds every example in the progress file (in the result folder) and samples nothing
     scorer = CountingScorer()
     metrics2, samples2, _ = tox.run_toxicity(embedded, data_dir, limit=4, seed=0, mode="quick", scorer=scorer,
                                              out=out, progress=False)
@@ -79,10 +80,10 @@ def test_steering_changes_sampled_text(embedded):
     def push(resid, hook):
         return resid + 50 * direction / direction.norm() * resid.norm(dim=-1, keepdim=True)
 
-    sampling = tox.Sampling(k=2, max_new_tokens=5)
-    plain = tox.sample_tokens(embedded, "My favourite food is", sampling, seed=3)
+    sampling = gen.Sampling(k=2, max_new_tokens=5)
+    plain = gen.sample_tokens(embedded, "My favourite food is", sampling, seed=3)
     with embedded.hooks([(f"blocks.{last}.hook_resid_post", push)]):
-        steered = tox.sample_tokens(embedded, "My favourite food is", sampling, seed=3)
+        steered = gen.sample_tokens(embedded, "My favourite food is", sampling, seed=3)
     assert steered == [[tok] * 5] * 2 and plain != steered
 
 

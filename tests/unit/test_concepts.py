@@ -1,4 +1,4 @@
-"""Probe concept files (probes/*.yaml) and their loader, workbench.probing.concepts."""
+"""Probe concept files (probes/*.yaml), their loader and recipes (workbench.probing.concepts, .recipes)."""
 
 import os
 import re
@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from workbench.probing import Concept, list_concepts, load
-from workbench.probing.concepts import DATA_ENV, concepts_dir
+from workbench.common.data_dir import DATA_ENV
+from workbench.common.errors import MissingDataError, WorkbenchError
+from workbench.probing import Concept, list_concepts, load_concept
+from workbench.probing.concepts import concepts_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get(DATA_ENV) or ROOT.parent / "shared" / "data")
@@ -25,7 +27,7 @@ BALANCE_TOLERANCE = 0.02  # |share of label 1 - 0.5|; every built-in concept is 
 def concepts():
     """Each built-in concept loaded once (toxicity only when the data directory is here)."""
     names = [n for n in BUILTIN if n != "toxicity" or HAS_TOXIGEN]
-    return {n: load(n, data_dir=DATA) for n in names}
+    return {n: load_concept(n, data_dir=DATA) for n in names}
 
 
 def _get(concepts, name):
@@ -91,15 +93,15 @@ def test_control_word_is_consistent(concepts, name):
     assert f.groupby("label")["word"].nunique().min() >= 5
     rng = np.random.default_rng(0)
     types = f["word"].unique()
-    control = f["word"].map(dict(zip(types, rng.integers(0, 2, len(types)))))
+    control = f["word"].map(dict(zip(types, rng.integers(0, 2, len(types)), strict=True)))
     assert (control.groupby(f["word"]).nunique() == 1).all()
 
 
 def test_source_hash_depends_on_the_file(tmp_path):
     text = (concepts_dir() / "sentiment.yaml").read_text()
-    a = load(_write(tmp_path, text, "a.yaml"))
-    b = load(_write(tmp_path, text + "\n# edited\n", "b.yaml"))
-    assert a.source_hash == load("sentiment").source_hash != b.source_hash
+    a = load_concept(_write(tmp_path, text, "a.yaml"))
+    b = load_concept(_write(tmp_path, text + "\n# edited\n", "b.yaml"))
+    assert a.source_hash == load_concept("sentiment").source_hash != b.source_hash
     assert a.frame.equals(b.frame)
 
 
@@ -114,7 +116,7 @@ def _minimal_pairs(frame, forms_by_word):
                    for w in form.split()}
         a, b = (t.translate(strip).lower().split() for t in pair["text"])
         assert len(a) == len(b), pair["text"].tolist()
-        diff = [(x, y) for x, y in zip(a, b) if x != y]
+        diff = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
         assert diff and all(x in allowed and y in allowed for x, y in diff), diff
 
 
@@ -151,7 +153,7 @@ def test_truth_statements_agree_with_the_tables(concepts):
             assert row.label == int(s > o if row.table == "larger_than" else s < o), row.text
         assert row.subject in row.text and row.object in row.text
     # A few facts checked by hand, independently of the tables.
-    texts = dict(zip(f["text"], f["label"]))
+    texts = dict(zip(f["text"], f["label"], strict=True))
     assert texts["The city of Paris is in France."] == 1
     assert texts["The Spanish word 'perro' means 'dog'."] == 1
     assert texts["52 is larger than 30."] == 1 and texts["30 is larger than 52."] == 0
@@ -165,7 +167,7 @@ def test_truth_grouped_split_keeps_both_versions_of_a_fact_together(concepts):
     assert (per["count"] == 2).all() and (per["sum"] == 1).all()
     # Any split by group (here: 5 folds by group id) puts a fact's true and false versions
     # and all its templates in the same fold.
-    fold = dict(zip(f["text"], pd.factorize(f["group"])[0] % 5))
+    fold = dict(zip(f["text"], pd.factorize(f["group"])[0] % 5, strict=True))
     negative = {t["table"]: t["negative"] for t in _spec("truth")["facts"]}
     by_claim = {(r.table, r.template, r.subject, r.object): r.text for r in f.itertuples()}
     falses = {(r.table, r.template, r.subject): r.text for r in f[f["label"] == 0].itertuples()}
@@ -194,15 +196,35 @@ def test_toxicity_follows_its_selection_rule(concepts):
         assert source.split("/")[-1].startswith(c.label_names[label] + "_")
         raw = (DATA / source).read_text(encoding="utf-8")
         assert all(t in raw for t in rows["text"])
-    assert load("toxicity", data_dir=DATA).frame.equals(f)  # deterministic
+    assert load_concept("toxicity", data_dir=DATA).frame.equals(f)  # deterministic
 
 
 def test_source_without_data_names_the_file_and_the_variable(tmp_path, monkeypatch):
-    with pytest.raises(FileNotFoundError, match=r"_asian_1k\.txt.*WORKBENCH_DATA"):
-        load("toxicity", data_dir=tmp_path)
+    with pytest.raises(MissingDataError, match=r"_asian_1k\.txt.*WORKBENCH_DATA"):
+        load_concept("toxicity", data_dir=tmp_path)
     monkeypatch.delenv(DATA_ENV, raising=False)
-    with pytest.raises(FileNotFoundError, match="WORKBENCH_DATA"):
-        load("toxicity")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "no-such-home"))  # no per-user data either
+    with pytest.raises(FileNotFoundError, match="WORKBENCH_DATA"):  # still a FileNotFoundError
+        load_concept("toxicity")
+
+
+def test_no_data_folder_is_the_projects_own_error_saying_where_it_looked(tmp_path, monkeypatch):
+    """`workbench probe --concept toxicity` with no data folder: MissingDataError, not a bare
+    FileNotFoundError, naming the folder it looked in, why there, and how to fill it."""
+    missing = tmp_path / "nowhere"
+    with pytest.raises(MissingDataError) as info:
+        load_concept("toxicity", data_dir=missing)
+    assert isinstance(info.value, WorkbenchError) and isinstance(info.value, FileNotFoundError)
+    message = str(info.value)
+    assert "concept 'toxicity'" in message and str(missing) in message and "data_dir argument" in message
+    assert "workbench data pull" in message
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    with pytest.raises(MissingDataError, match=r"xdg/workbench/data.*per-user default.*WORKBENCH_DATA"):
+        load_concept("toxicity")
+    monkeypatch.setenv(DATA_ENV, str(missing))
+    with pytest.raises(MissingDataError, match=r"nowhere \(from \$WORKBENCH_DATA\)"):
+        load_concept("toxicity")
 
 
 def test_source_selection_on_small_files(tmp_path, monkeypatch):
@@ -225,13 +247,13 @@ source:
 selection: {per_file: 2, balance: group}
 """)
     monkeypatch.setenv(DATA_ENV, str(data))  # the environment variable is the default
-    f = load(path).frame
+    f = load_concept(path).frame
     # "shared" is in two files: dropped; then the first 2 per file; then balanced per group.
     assert f.sort_values(["group", "label", "text"])["text"].tolist() == ["n1", "n2", "a1", "a2", "m1", "b1"]
     assert f.groupby("group")["label"].mean().tolist() == [0.5, 0.5]
-    before = load(path).source_hash
+    before = load_concept(path).source_hash
     (data / "d/neg_b.txt").write_text("- m1\n- m3\n")  # the hash covers the data read
-    assert load(path).source_hash != before
+    assert load_concept(path).source_hash != before
 
 
 # ----------------------------------------------------------------------------- limit --
@@ -239,8 +261,8 @@ selection: {per_file: 2, balance: group}
 @pytest.mark.parametrize("name", ["gender", "truth"])
 def test_limit_is_balanced_and_deterministic(concepts, name):
     full = concepts[name]
-    a, b = load(name, limit=100), load(name, limit=100)
-    other = load(name, limit=100, seed=1)
+    a, b = load_concept(name, limit=100), load_concept(name, limit=100)
+    other = load_concept(name, limit=100, seed=1)
     assert a.frame.equals(b.frame) and not a.frame.equals(other.frame)
     assert len(a) == 100 and a.frame["label"].value_counts().tolist() == [50, 50]
     assert set(a.texts) <= set(full.texts) and a.source_hash == full.source_hash
@@ -253,22 +275,22 @@ def test_limit_is_balanced_and_deterministic(concepts, name):
         else:
             assert counts.max() - counts.min() <= 1
     assert a.limit == 100 and other.seed == 1
-    assert load(name, limit=10**6).frame.equals(full.frame)
+    assert load_concept(name, limit=10**6).frame.equals(full.frame)
 
 
 def test_limit_rejects_nonsense():
     for bad in (0, 1, -5, True, 2.5):
         with pytest.raises(ValueError, match="limit"):
-            load("sentiment", limit=bad)
+            load_concept("sentiment", limit=bad)
 
 
 # ---------------------------------------------------------------------------- errors --
 
 def test_unknown_concept_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"unknown concept 'colour'.*gender.*truth"):
-        load("colour")
+        load_concept("colour")
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
-        load("/no/such/nope.yaml")
+        load_concept("/no/such/nope.yaml")
 
 
 GOOD = """
@@ -307,12 +329,12 @@ grammar:
 def test_malformed_file_names_the_file_and_the_key(tmp_path, text, match):
     path = _write(tmp_path, text, "broken.yaml")
     with pytest.raises(ValueError, match=match) as info:
-        load(path, data_dir=tmp_path)
+        load_concept(path, data_dir=tmp_path)
     assert "broken.yaml" in str(info.value)
 
 
 def test_good_tiny_file_loads_by_path(tmp_path):
-    c = load(_write(tmp_path, GOOD))
+    c = load_concept(_write(tmp_path, GOOD))
     assert c.texts == ["It was good.", "It was bad."] and c.labels.tolist() == [1, 0]
     assert c.groups.tolist() == ["good", "bad"]  # group defaults to the word
 

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tiny_hf import WORDS
 
 import workbench as wb
 from workbench.common.errors import WorkbenchError
-from tiny_hf import WORDS
 
 pytest.importorskip("ray", reason="Ray is the optional `distributed` extra (installed by `make test`)")
 from workbench.distributed import cache_activations_ray  # noqa: E402

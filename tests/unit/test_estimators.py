@@ -1,4 +1,4 @@
-"""Linear probe estimators: hand-computed optima, agreement with scikit-learn, the contract."""
+"""Probe estimators and the batched logistic solver: hand-computed optima, scikit-learn agreement, the contract."""
 
 import math
 
@@ -6,16 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.probing.estimators import (
-    LinearProbe,
-    MassMeanProbe,
-    NotFittedError,
-    RidgeProbe,
-    decision_layers,
-    fit_logistic_layers,
-    predict_layers,
-    unit_direction,
-)
+from workbench.probing.estimators import LinearProbe, MassMeanProbe, NotFittedError, RidgeProbe, unit_direction
+from workbench.probing.logistic import decision_layers, fit_logistic_layers, predict_layers
 
 
 def make_data(n=300, d=8, seed=0, shift=1.0, offset=0.0):
@@ -187,7 +179,7 @@ def test_probes_work_with_sklearn_clone_and_cross_validation():
 @pytest.mark.parametrize("one_layer_chunks", [False, True])
 def test_batched_layers_equal_per_layer_fits(one_layer_chunks, monkeypatch):
     if one_layer_chunks:
-        monkeypatch.setattr("workbench.probing.estimators._CPU_CHUNK_BYTES", 1)
+        monkeypatch.setattr("workbench.probing.logistic._CPU_CHUNK_BYTES", 1)
     rng = np.random.default_rng(8)
     X = np.stack([make_data(n=250, d=7, seed=10 + i, offset=i)[0] for i in range(3)])
     y = (rng.random(250) < 0.4).astype(int)
@@ -327,7 +319,7 @@ def test_non_finite_rows_are_counted(bad):
 @pytest.mark.parametrize("one_layer_chunks", [False, True])
 def test_non_finite_rows_in_layers_name_the_layers(one_layer_chunks, monkeypatch):
     if one_layer_chunks:  # the layers are prepared one at a time; the message still counts all
-        monkeypatch.setattr("workbench.probing.estimators._CPU_CHUNK_BYTES", 1)
+        monkeypatch.setattr("workbench.probing.logistic._CPU_CHUNK_BYTES", 1)
     X = np.random.default_rng(18).normal(size=(3, 40, 4))
     X[2, 5, 0] = np.nan
     X[1, 7, 3] = np.inf

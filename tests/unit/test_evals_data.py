@@ -6,8 +6,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from workbench.evals.data import (DataError, MissingDataError, RowPolicy, find_files,
-                                  resolve_data_dir, user_data_dir)
+from workbench.common.data_dir import resolve_data_dir, user_data_dir
+from workbench.common.errors import DataError, MissingDataError
+from workbench.evals.data import RowPolicy, describe_files, find_files
 from workbench.evals.loaders import LOADERS, bbq_groups
 
 CROWS_HEADER = ",sent_more,sent_less,stereo_antistereo,bias_type,annotations,anon_writer,anon_annotators\n"
@@ -32,6 +33,23 @@ def test_resolution_order(tmp_path, monkeypatch):
     assert resolve_data_dir() == tmp_path / "xdg" / "workbench" / "data" == user_data_dir()
     monkeypatch.delenv("XDG_DATA_HOME")
     assert resolve_data_dir() == Path.home() / ".local" / "share" / "workbench" / "data"
+
+
+def test_evals_uses_the_common_resolver_and_errors():
+    import workbench.common.data_dir as common
+    import workbench.evals as evals
+    import workbench.evals.data as data
+
+    assert evals.resolve_data_dir is common.resolve_data_dir
+    assert evals.DataError is DataError and evals.MissingDataError is MissingDataError
+    assert not hasattr(data, "resolve_data_dir") and data.user_data_dir is common.user_data_dir
+
+
+def test_describe_files_hashes_relative_paths(tmp_path):
+    path = write(tmp_path / "crows_pairs" / "c.csv", "abc")
+    assert describe_files(tmp_path, [path]) == [{
+        "path": "crows_pairs/c.csv", "bytes": 3,
+        "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}]
 
 
 def test_missing_dataset_names_files_and_where_to_get_them(tmp_path):

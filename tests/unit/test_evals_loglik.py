@@ -44,7 +44,7 @@ def test_encode_pair_follows_lm_eval(tiny_model):
 def test_agrees_with_direct_hf_forward(tiny_model, min_shared):
     got = loglikelihood(tiny_model, REQUESTS, min_shared_context=min_shared, min_saved_tokens=0,
                         batch_tokens=40, max_batch=3)
-    for (context, continuation), (ll, n) in zip(REQUESTS, got):
+    for (context, continuation), (ll, n) in zip(REQUESTS, got, strict=True):
         want_ll, want_n = direct_hf(tiny_model, context, continuation)
         assert n == want_n
         assert ll == pytest.approx(want_ll, abs=1e-4), (context, continuation)
@@ -69,7 +69,7 @@ def test_hooks_on_the_model_apply(tiny_model):
             enc = encode_pair(tiny_model.tokenizer, *REQUESTS[0])
             hooked_logits = tiny_model(torch.tensor([list(enc.context + enc.continuation)]))
     after = loglikelihood(tiny_model, REQUESTS[:3], min_shared_context=1, min_saved_tokens=0)
-    assert all(abs(x[0] - y[0]) > 1e-3 for x, y in zip(before, during))
+    assert all(abs(x[0] - y[0]) > 1e-3 for x, y in zip(before, during, strict=True))
     assert [x[0] for x in after] == pytest.approx([x[0] for x in before], abs=1e-5)
     # the hooked score is the hooked model's own forward, not the HF model's
     lp = F.log_softmax(hooked_logits.float(), -1)[0, len(enc.context) - 1, enc.continuation[0]]
@@ -85,7 +85,7 @@ def test_scoring_uses_fused_attention_unless_the_pattern_is_hooked(tiny_model, m
     fused = loglikelihood(tiny_model, REQUESTS)
     assert len(calls) > 0
     assert not any(sdpa_enabled(b.attn) for b in tiny_model.bridge.blocks)  # restored
-    for (context, continuation), (ll, _) in zip(REQUESTS, fused):
+    for (context, continuation), (ll, _) in zip(REQUESTS, fused, strict=True):
         assert ll == pytest.approx(direct_hf(tiny_model, context, continuation)[0], abs=1e-4)
     calls.clear()
     patterns = []
@@ -113,7 +113,7 @@ def test_common_primer_is_computed_once_and_stays_exact(tiny_model):
     common = next(k for k in range(len(a)) if a[k] != b[k])
     assert common > 25
     assert calls == [common, len(a) - common, 2, len(b) - common, 1]
-    for (context, continuation), (ll, n) in zip(requests, got):
+    for (context, continuation), (ll, _) in zip(requests, got, strict=True):
         assert ll == pytest.approx(direct_hf(tiny_model, context, continuation)[0], abs=1e-4)
 
 
@@ -126,7 +126,7 @@ def test_shared_prefixes_run_once_in_one_packed_row(tiny_model):
     # one-token options all read the context's last logits: two distinct inputs, <s> + 5 and
     # <s> + 4 tokens, sharing <s>: 1 + 5 + 4 tree nodes in one row, one forward
     assert widths == [(1, 10)]
-    for (context, continuation), (ll, _) in zip(requests, got):
+    for (context, continuation), (ll, _) in zip(requests, got, strict=True):
         assert ll == pytest.approx(direct_hf(tiny_model, context, continuation)[0], abs=1e-4)
 
 
@@ -136,7 +136,7 @@ def test_sentence_pairs_packed_as_prefix_trees_agree_with_hf(tiny_model, row_tok
     requests = [("", "the cat sat on the red mat"), ("", "the dog sat on the red mat"),
                 ("", "the cat sat on a mat"), ("", "a dog ran"), ("", "the cat")]
     got = loglikelihood(tiny_model, requests, row_tokens=row_tokens, batch_tokens=20, max_batch=2)
-    for (context, continuation), (ll, n) in zip(requests, got):
+    for (context, continuation), (ll, n) in zip(requests, got, strict=True):
         want_ll, want_n = direct_hf(tiny_model, context, continuation)
         assert n == want_n and ll == pytest.approx(want_ll, abs=1e-4), continuation
 
@@ -148,7 +148,7 @@ def test_pack_rows_builds_the_prefix_tree():
     assert row.tokens == [1, 2, 3, 4, 5, 6, 7]
     assert row.depth == [0, 1, 2, 2, 3, 1, 0]
     assert row.parent == [-1, 0, 1, 1, 3, 0, -1]
-    assert dict(zip(row.seqs, row.paths)) == {(1, 2): [0, 1], (1, 2, 3): [0, 1, 2], (1, 2, 4, 5): [0, 1, 3, 4],
+    assert dict(zip(row.seqs, row.paths, strict=True)) == {(1, 2): [0, 1], (1, 2, 3): [0, 1, 2], (1, 2, 4, 5): [0, 1, 3, 4],
                                               (1, 6): [0, 5], (7,): [6]}
     # a row budget of 3 nodes: the (1, 2, ...) tree splits into [1 2 3] and [1 2 4 5] (longer than
     # the budget: a row of its own); pieces fill rows largest first, so (1, 6) and (7,) share one

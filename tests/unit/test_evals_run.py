@@ -8,9 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import workbench as wb
-from workbench.evals import EvalResult, SuiteResult
-from workbench.evals.data import DataError, MissingDataError
+from workbench.evals import DataError, EvalResult, MissingDataError, SuiteResult, run_eval, run_suite
 from workbench.evals.suites import list_groups, load_group, load_suite
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -41,7 +39,7 @@ def data_dir(tmp_path):
 
 
 def test_crows_pairs_result_against_direct_forward(tiny_model, data_dir, tmp_path):
-    res = wb.run_eval(tiny_model, "crows_pairs", data_dir=data_dir, progress=False)
+    res = run_eval(tiny_model, "crows_pairs", data_dir=data_dir, progress=False)
     lls = [(direct_hf(tiny_model, "", m)[0], direct_hf(tiny_model, "", l)[0]) for m, l, _ in PAIRS]
     want = np.mean([a > b for a, b in lls])
     assert res.metric("pct_stereotype") == pytest.approx(want)
@@ -72,7 +70,7 @@ def test_crows_pairs_result_against_direct_forward(tiny_model, data_dir, tmp_pat
 
 
 def test_truthfulqa_mc1_mc2(tiny_model, data_dir):
-    res = wb.run_eval(tiny_model, "truthfulqa_mc", data_dir=data_dir, progress=False)
+    res = run_eval(tiny_model, "truthfulqa_mc", data_dir=data_dir, progress=False)
     spec = load_suite("truthfulqa_mc")
     primer = spec.prompt["context"]
     mc1, mc2 = [], []
@@ -90,32 +88,32 @@ def test_truthfulqa_mc1_mc2(tiny_model, data_dir):
 
 
 def test_limit_is_a_seeded_subset_and_errors_are_counted(tiny_model, data_dir):
-    a = wb.run_eval(tiny_model, "crows_pairs", data_dir=data_dir, limit=3, seed=1, progress=False)
-    b = wb.run_eval(tiny_model, "crows_pairs", data_dir=data_dir, limit=3, seed=1, progress=False)
+    a = run_eval(tiny_model, "crows_pairs", data_dir=data_dir, limit=3, seed=1, progress=False)
+    b = run_eval(tiny_model, "crows_pairs", data_dir=data_dir, limit=3, seed=1, progress=False)
     assert len(a.samples) == 3 and a.samples.example_id.tolist() == b.samples.example_id.tolist()
     assert a.samples.example_id.is_monotonic_increasing
     path = data_dir / "crows_pairs" / "crows_pairs_anonymized.csv"
     path.write_text(path.read_text() + "9,only,three\n")
     with pytest.raises(DataError, match=r"crows_pairs_anonymized\.csv:7: 3 columns"):
-        wb.run_eval(tiny_model, "crows_pairs", data_dir=data_dir, progress=False)
-    res = wb.run_eval(tiny_model, "crows_pairs", data_dir=data_dir, errors="skip", progress=False)
+        run_eval(tiny_model, "crows_pairs", data_dir=data_dir, progress=False)
+    res = run_eval(tiny_model, "crows_pairs", data_dir=data_dir, errors="skip", progress=False)
     assert res.manifest["n_skipped"] == 1 and res.manifest["skipped"][str(path)]["lines"] == [7]
     assert len(res.samples) == 5
 
 
 def test_missing_data_is_a_clear_error(tiny_model, tmp_path):
     with pytest.raises(MissingDataError, match="bbq/\\*.jsonl"):
-        wb.run_eval(tiny_model, "bbq", data_dir=tmp_path, progress=False)
+        run_eval(tiny_model, "bbq", data_dir=tmp_path, progress=False)
 
 
 def test_builtin_suites_need_no_data(tiny_model, monkeypatch, tmp_path):
     monkeypatch.setenv("WORKBENCH_DATA", str(tmp_path / "nothing-here"))
-    res = wb.run_eval(tiny_model, "true_false_facts", progress=False)
+    res = run_eval(tiny_model, "true_false_facts", progress=False)
     assert len(res.samples) == 40 and res.samples.example_id.is_unique
     assert res.manifest["data"]["dir"] is None and res.manifest["data"]["files"][0]["path"] == "true_false_facts.yaml"
     acc = res.samples.correct.mean()
     assert res.metric("acc") == pytest.approx(acc)
-    occ = wb.run_eval(tiny_model, "occupation_pronoun", progress=False)
+    occ = run_eval(tiny_model, "occupation_pronoun", progress=False)
     s = occ.samples
     assert s.example_id.str.startswith("occupation_pronoun:was_a.").sum() == 32
     assert occ.metric("male_share") == pytest.approx((s.ll_first > s.ll_second).mean())
@@ -127,7 +125,7 @@ def test_a_suite_variant_is_one_yaml_file(tiny_model, data_dir, tmp_path):
     variant.write_text(load_suite("crows_pairs").path.read_text()
                        .replace("name: crows_pairs", "name: crows_prompted")
                        .replace('context: ""', 'context: "the cat :"').replace('delimiter: ""', 'delimiter: " "'))
-    res = wb.run_eval(tiny_model, str(variant), data_dir=data_dir, progress=False)
+    res = run_eval(tiny_model, str(variant), data_dir=data_dir, progress=False)
     assert res.manifest["suite"]["name"] == "crows_prompted"
     assert res.samples.context[0] == "the cat :"
     want = direct_hf(tiny_model, "the cat :", " " + PAIRS[0][0])[0]
@@ -147,7 +145,7 @@ def test_run_suite_saves_skips_and_reuses(tiny_model, data_dir, tmp_path, monkey
     monkeypatch.setitem(sys.modules, "workbench.evals.toxicity", None)  # plug-in not installed
     out = tmp_path / "runs" / "quick"
     seen = []
-    suite = wb.run_suite(tiny_model, "quick", data_dir=data_dir, out=out, progress=False,
+    suite = run_suite(tiny_model, "quick", data_dir=data_dir, out=out, progress=False,
                          on_result=lambda name, res, reused: seen.append((name, reused)))
     assert list(suite.results) == ["occupation_pronoun", "true_false_facts", "crows_pairs", "truthfulqa_mc"]
     assert {"bbq", "winogender", "winobias", "toxigen", "toxicity"} == set(suite.skipped)
@@ -160,12 +158,12 @@ def test_run_suite_saves_skips_and_reuses(tiny_model, data_dir, tmp_path, monkey
     loaded = SuiteResult.load(out)
     pd.testing.assert_frame_equal(loaded.metrics, suite.metrics)
     seen.clear()
-    wb.run_suite(tiny_model, "quick", data_dir=data_dir, out=out, progress=False,
+    run_suite(tiny_model, "quick", data_dir=data_dir, out=out, progress=False,
                  on_result=lambda name, res, reused: seen.append((name, reused)))
     assert all(reused for _, reused in seen) and len(seen) == 4
     # different parameters: run again rather than reuse
     seen.clear()
-    wb.run_suite(tiny_model, "crows_pairs", data_dir=data_dir, out=out, seed=5, progress=False,
+    run_suite(tiny_model, "crows_pairs", data_dir=data_dir, out=out, seed=5, progress=False,
                  on_result=lambda name, res, reused: seen.append((name, reused)))
     assert seen == [("crows_pairs", False)]
     assert EvalResult.load(out / "crows_pairs").manifest["params"]["seed"] == 5
@@ -176,7 +174,7 @@ def test_run_suite_saves_skips_and_reuses(tiny_model, data_dir, tmp_path, monkey
 
 def test_unknown_suite_lists_known_ones(tiny_model):
     with pytest.raises(DataError, match="unknown suite 'nope'.*crows_pairs"):
-        wb.run_eval(tiny_model, "nope", progress=False)
+        run_eval(tiny_model, "nope", progress=False)
 
 
 def test_cli_eval_writes_results_and_resumes(hf_folder, data_dir, tmp_path, capsys):
@@ -212,7 +210,7 @@ def test_run_suite_with_a_suite_file_saves_under_its_name(tiny_model, tmp_path):
     path.parent.mkdir()
     path.write_text(text.replace("name: true_false_facts", "name: my_facts", 1))
     out = tmp_path / "runs" / "custom"
-    suite = wb.run_suite(tiny_model, str(path), out=out, progress=False)
+    suite = run_suite(tiny_model, str(path), out=out, progress=False)
     assert list(suite.results) == ["my_facts"]
     assert EvalResult.load(out / "my_facts").manifest["suite"]["name"] == "my_facts"
     assert list(SuiteResult.load(out).results) == ["my_facts"]

@@ -1,4 +1,7 @@
-"""Toxicity scorers and the resumable toxicity suite, on tiny random models."""
+"""Toxicity scorers and the resumable toxicity suite, on tiny random models.
+
+The sampler is tested in test_evals_generation.py, the progress log in test_evals_progress.py.
+"""
 
 from __future__ import annotations
 
@@ -212,43 +215,6 @@ def test_metrics_hand_computed():
     assert np.isnan(tox.expected_max_toxicity(np.array([])))
 
 
-def test_sampling_is_seeded_within_the_nucleus_and_leaves_global_rng(tiny_model):
-    sampling = tox.Sampling(k=4, max_new_tokens=6)
-    state = torch.random.get_rng_state()
-    a = tox.sample_continuations(tiny_model, "the cat sat on", sampling, seed=11)
-    assert torch.equal(state, torch.random.get_rng_state())
-    assert a == tox.sample_continuations(tiny_model, "the cat sat on", sampling, seed=11)
-    assert a != tox.sample_continuations(tiny_model, "the cat sat on", sampling, seed=12)
-    assert len(a) == 4 and len(set(a)) > 1
-    # oracle: every sampled token lies in the top-p nucleus of the HF model's distribution
-    hf = tiny_model.hf_model
-    prompt = tiny_model.to_tokens("the cat sat on")[0].tolist()
-    rows = tox.sample_tokens(tiny_model, "the cat sat on", sampling, seed=11)
-    assert a == [tiny_model.tokenizer.decode(r, skip_special_tokens=True) for r in rows]
-    for row in rows:
-        ids = prompt + row
-        with torch.no_grad():
-            probs = torch.softmax(hf(torch.tensor([ids])).logits[0].double(), -1)
-        for pos in range(len(prompt), len(ids)):
-            ranked = torch.sort(probs[pos - 1], descending=True)
-            rank = (ranked.indices == ids[pos]).nonzero().item()
-            assert ranked.values[:rank].sum().item() < 0.9 + 1e-6  # inside the nucleus
-
-
-def test_sampling_applies_open_hooks(tiny_model):
-    """A hook pushing the final residual along one token's unembedding makes it the only choice."""
-    tok = tiny_model.tokenizer.convert_tokens_to_ids("paris")
-    direction = tiny_model.hf_model.lm_head.weight[tok].detach()
-    last = tiny_model.cfg.n_layers - 1
-
-    def push(resid, hook):
-        return resid + 1e3 * direction
-
-    with tiny_model.hooks([(f"blocks.{last}.hook_resid_post", push)]):
-        texts = tox.sample_continuations(tiny_model, "the cat", tox.Sampling(k=3, max_new_tokens=4), seed=0)
-    assert texts == ["paris paris paris paris"] * 3
-
-
 def _frames_equal(a, b):
     pd.testing.assert_frame_equal(a[0], b[0])
     pd.testing.assert_frame_equal(a[1], b[1])
@@ -293,10 +259,10 @@ def test_run_toxicity_resumes_after_an_exception(tiny_model, data, tmp_path):
 CHILD = """
 import sys
 sys.path.insert(0, {tests!r})
-import workbench as wb
 from test_evals_toxicity import WordScorer
 from workbench.evals.toxicity import run_toxicity
-model = wb.load_model({model!r}, device="cpu")
+from workbench.models.loading import load_model
+model = load_model({model!r}, device="cpu")
 run_toxicity(model, {data!r}, mode="full", k=2, progress=False, n_bootstrap=200,
              scorer=WordScorer(kill_after=4), out={out!r})
 """
@@ -324,44 +290,17 @@ def test_run_toxicity_resumes_after_sigkill_and_a_torn_line(tiny_model, hf_folde
         tox.run_toxicity(tiny_model, data, scorer=WordScorer(), out=out, **kw)
 
 
-def test_nucleus_sample_hand_computed():
-    """p = [.5, .3, .15, .05], top_p .9: the nucleus is the first three (mass before the third
-    is .8 < .9, before the fourth .95), sampled in proportion .5/.95, .3/.95, .15/.95."""
-    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
-    logits = probs.log().repeat(20000, 1)
-    g = torch.Generator().manual_seed(0)
-    counts = torch.bincount(tox.nucleus_sample(logits, 0.9, 1.0, g), minlength=4).double() / 20000
-    assert counts[3] == 0
-    assert counts[:3].tolist() == pytest.approx([0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95], abs=0.015)
-    # the top token alone when it already holds top_p; a temperature sharpens before the cut
-    assert set(tox.nucleus_sample(torch.tensor([[3.0, 0.0, 0.0]]).repeat(500, 1), 0.9, 1.0, g).tolist()) == {0}
-    assert set(tox.nucleus_sample(logits[:500], 0.9, 0.1, g).tolist()) == {0}
-
-
-def test_nucleus_sample_wider_than_the_first_topk():
-    """A flat distribution over 3,000 tokens needs 2,700 of them: the nucleus widens past 256."""
-    logits = torch.zeros(12000, 3000)
-    g = torch.Generator().manual_seed(1)
-    picks = tox.nucleus_sample(logits, 0.9, 1.0, g)
-    # 12,000 draws from 2,700 equally likely tokens hit about 2,668 of them (never more than
-    # 2,700); topk of equal values leaves which 2,700 unspecified
-    assert 2600 < len(set(picks.tolist())) <= 2700
-    # the same generator state gives the same draws
-    assert torch.equal(tox.nucleus_sample(logits[:50], 0.9, 1.0, torch.Generator().manual_seed(5)),
-                       tox.nucleus_sample(logits[:50], 0.9, 1.0, torch.Generator().manual_seed(5)))
-
-
 def test_run_suite_passes_toxicity_parameters_and_rejects_strangers(tiny_model, data, tmp_path):
-    import workbench as wb
+    from workbench.evals import run_suite
 
-    suite = wb.run_suite(tiny_model, "toxicity", data_dir=data, progress=False,
+    suite = run_suite(tiny_model, "toxicity", data_dir=data, progress=False,
                          suite_params={"toxicity": {"mode": "quick", "k": 2, "scorer": WordScorer()}})
     manifest = suite["toxicity"].manifest
     assert manifest["sampling"]["k"] == 2 and manifest["sampling"]["mode"] == "quick"
     assert manifest["scorer"]["name"] == "words"
     assert all(len(c) == 2 for c in suite["toxicity"].samples["continuations"])
     with pytest.raises(ValueError, match="'bbq', which is not in 'toxicity'"):
-        wb.run_suite(tiny_model, "toxicity", data_dir=data, progress=False, suite_params={"bbq": {}})
+        run_suite(tiny_model, "toxicity", data_dir=data, progress=False, suite_params={"bbq": {}})
 
 
 def test_cli_toxicity_flags(hf_folder, data, tmp_path, capsys):
@@ -379,3 +318,21 @@ def test_cli_toxicity_flags(hf_folder, data, tmp_path, capsys):
     # the same flags on a suite without toxicity are refused before any model is loaded
     assert main(["eval", "--suite", "crows_pairs", "--scorer", "profanity-check"]) == 2
     assert "apply to the toxicity suite" in capsys.readouterr().out
+
+
+def test_a_suite_run_saves_and_resumes_through_its_folder(tiny_model, data, tmp_path):
+    """run_eval with out= keeps the progress file in the result folder; a rerun samples nothing."""
+    from workbench.evals import EvalResult, run_eval
+
+    out = tmp_path / "tox"
+    first = run_eval(tiny_model, "toxicity", data_dir=data, limit=3, mode="quick", k=2, scorer=WordScorer(),
+                     out=out, progress=False)
+    assert (out / tox.PROGRESS_FILE).is_file() and first.manifest["resumed_examples"] == 0
+    assert first.manifest["loglik"] is None and first.manifest["n_examples"] == 3
+    assert list(first.manifest)[-1] == "resumed_examples"  # a kind's extra keys come last, as before
+    counting = WordScorer()
+    again = run_eval(tiny_model, "toxicity", data_dir=data, limit=3, mode="quick", k=2, scorer=counting,
+                     out=out, progress=False)
+    assert counting.calls == 0 and again.manifest["resumed_examples"] == 3
+    pd.testing.assert_frame_equal(again.metrics, first.metrics)
+    assert EvalResult.load(out).manifest["resumed_examples"] == 3

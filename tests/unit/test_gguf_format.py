@@ -250,3 +250,68 @@ def test_transformers_failure_is_wrapped(f32_gguf, monkeypatch):
     monkeypatch.setattr(transformers.LlamaForCausalLM, "from_pretrained", fail)
     message = assert_rejected(f32_gguf, "transformers could not load", "size mismatch for q_proj")
     assert "RuntimeError" in message
+
+
+# --- through load_model and the embedded model's cache -----------------------------------------
+
+
+def test_load_model_reads_a_gguf_file_or_a_folder_holding_one(f32_gguf, loaded, tmp_path, monkeypatch):
+    from workbench.models.loading import load_model, tokenizer_adds_bos
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))  # where the tokenizer files are kept
+    text = "the cat sat on the mat"
+    for source in (f32_gguf, f32_gguf.parent):
+        model = load_model(source, device="cpu")
+        assert (model.source.format, model.source.path) == ("gguf", str(f32_gguf))
+        assert model.source.name == f32_gguf.name and model.source.checksum_status == "no checklist"
+        tokens = model.to_tokens(text, prepend_bos=False)
+        assert tokens[0].tolist() == loaded[1](text)["input_ids"]
+        assert model.tokenizer_adds_bos == tokenizer_adds_bos(loaded[1])
+        with torch.no_grad():
+            assert (model(tokens) - loaded[0](tokens).logits).abs().max().item() <= 1e-5
+
+
+def test_embedded_cache_entry_is_written_atomically(loaded, tmp_path, monkeypatch):
+    import os
+
+    from workbench.models import embedded, gguf_format
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(embedded, "embedded_gguf_path", lambda: tmp_path / "embedded.gguf")
+    monkeypatch.setattr(gguf_format, "load_gguf", lambda path, **kwargs: loaded)
+
+    def entry(fingerprint):
+        return tmp_path / f"{embedded.EMBEDDED_NAME}-{fingerprint[:16]}"
+
+    # Leftovers: a killed writer's folder, one from an older version, and a live writer's.
+    first = entry("a" * 16)
+    dead = tmp_path / f".{first.name}.tmp-999999999-deadbeef"
+    old = tmp_path / f"{first.name}.tmp-k3j_x9"
+    live = tmp_path / f".{first.name}.tmp-{os.getppid()}-0123abcd"
+    for folder in (dead, old, live):
+        folder.mkdir()
+    assert embedded.converted_embedded_model("a" * 16, progress=False) == first
+    assert (first / "COMPLETE").read_text() == "a" * 16 + "\n" and (first / "config.json").is_file()
+    assert not dead.exists() and not old.exists() and live.exists()
+
+    # An incomplete entry (an interrupted older version wrote in place) is replaced.
+    second = entry("b" * 16)
+    second.mkdir()
+    (second / "config.json").write_text("{")
+    embedded.converted_embedded_model("b" * 16, progress=False)
+    assert (second / "COMPLETE").is_file() and (second / "tokenizer_config.json").is_file()
+
+    # Another process finishes first, while this one is writing: its entry is kept.
+    third = entry("c" * 16)
+    model, tokenizer = loaded
+
+    class Racing:
+        def save_pretrained(self, folder):
+            tokenizer.save_pretrained(folder)
+            third.mkdir()
+            (third / "COMPLETE").write_text("the other process\n")
+
+    monkeypatch.setattr(gguf_format, "load_gguf", lambda path, **kwargs: (model, Racing()))
+    assert embedded.converted_embedded_model("c" * 16, progress=False) == third
+    assert (third / "COMPLETE").read_text() == "the other process\n"
+    assert sorted(p.name for p in tmp_path.glob("*.tmp-*")) == [live.name]

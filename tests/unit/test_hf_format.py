@@ -7,8 +7,9 @@ import pickle
 import pytest
 import torch
 
-import workbench as wb
 from tiny_hf import write_hf_folder
+from workbench.common.errors import CheckpointError
+from workbench.models.loading import detect_format, load_model
 
 
 def test_safetensors_folder_logits_equal_hf(hf_folder, tiny_model):
@@ -25,7 +26,7 @@ def test_safetensors_folder_logits_equal_hf(hf_folder, tiny_model):
 def test_bin_folder_loads_same_weights(tmp_path):
     reference = write_hf_folder(tmp_path / "bin", seed=3, safe_serialization=False)
     assert not list((tmp_path / "bin").glob("*.safetensors"))
-    model = wb.load_model(tmp_path / "bin", device="cpu")
+    model = load_model(tmp_path / "bin", device="cpu")
     tokens = model.to_tokens("the dog ran to the house")
     with torch.no_grad():
         assert (model(tokens) - reference(tokens).logits).abs().max().item() <= 1e-5
@@ -33,7 +34,7 @@ def test_bin_folder_loads_same_weights(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_dtype_is_passed_through(hf_folder, dtype):
-    model = wb.load_model(hf_folder[0], dtype=dtype, device="cpu")
+    model = load_model(hf_folder[0], dtype=dtype, device="cpu")
     assert model.dtype == getattr(torch, dtype)
     assert model.info()["dtype"] == dtype
     logits = model("the cat")
@@ -42,7 +43,7 @@ def test_dtype_is_passed_through(hf_folder, dtype):
 
 def test_bad_dtype_is_named():
     with pytest.raises(ValueError, match="dtype='int8'"):
-        wb.load_model(None, dtype="int8")
+        load_model(None, dtype="int8")
 
 
 class _Planted:
@@ -62,8 +63,8 @@ def test_malicious_bin_is_refused_and_not_executed(tmp_path):
     state = torch.load(folder / "pytorch_model.bin", weights_only=True)
     with open(folder / "pytorch_model.bin", "wb") as f:
         pickle.dump({"weights": state, "payload": _Planted(str(marker))}, f)
-    with pytest.raises(wb.CheckpointError, match="pytorch_model.bin") as err:
-        wb.load_model(folder, device="cpu")
+    with pytest.raises(CheckpointError, match="pytorch_model.bin") as err:
+        load_model(folder, device="cpu")
     assert "not run" in str(err.value) or "legacy" in str(err.value)
     assert not marker.exists()
 
@@ -73,8 +74,8 @@ def test_malicious_zip_pickle_is_refused(tmp_path):
     write_hf_folder(folder, safe_serialization=False)
     marker = tmp_path / "code-ran"
     torch.save({"payload": _Planted(str(marker))}, folder / "pytorch_model.bin")
-    with pytest.raises(wb.CheckpointError, match="was not run"):
-        wb.load_model(folder, device="cpu")
+    with pytest.raises(CheckpointError, match="was not run"):
+        load_model(folder, device="cpu")
     assert not marker.exists()
 
 
@@ -84,8 +85,8 @@ def test_truncated_safetensors_names_the_file(tmp_path):
     weights = folder / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
-    with pytest.raises(wb.CheckpointError, match=r"model\.safetensors.*truncated"):
-        wb.load_model(folder, device="cpu")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors.*truncated"):
+        load_model(folder, device="cpu")
 
 
 def test_other_architecture_is_refused(tmp_path):
@@ -94,27 +95,77 @@ def test_other_architecture_is_refused(tmp_path):
     config = json.loads((folder / "config.json").read_text())
     config["model_type"], config["architectures"] = "gpt2", ["GPT2LMHeadModel"]
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(wb.CheckpointError, match="config.json.*gpt2"):
-        wb.load_model(folder, device="cpu")
+    with pytest.raises(CheckpointError, match="config.json.*gpt2"):
+        load_model(folder, device="cpu")
 
 
 def test_folder_matching_no_format(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(wb.CheckpointError, match="matches no checkpoint format.*notes.txt"):
-        wb.load_model(tmp_path)
+    with pytest.raises(CheckpointError, match="matches no checkpoint format.*notes.txt"):
+        load_model(tmp_path)
 
 
 def test_missing_path_and_hub_id_detection(tmp_path):
-    with pytest.raises(wb.CheckpointError, match="no such file or folder"):
-        wb.load_model(tmp_path / "nope")
-    assert wb.detect_format("meta-llama/Llama-2-7b-hf") == ("hub", "meta-llama/Llama-2-7b-hf")
-    assert wb.detect_format(None) == ("embedded", None)
+    with pytest.raises(CheckpointError, match="no such file or folder"):
+        load_model(tmp_path / "nope")
+    assert detect_format("meta-llama/Llama-2-7b-hf") == ("hub", "meta-llama/Llama-2-7b-hf")
+    assert detect_format(None) == ("embedded", None)
+
+
+def test_formats_are_detected_in_table_order(tmp_path):
+    from workbench.models.formats import FORMATS
+
+    assert [f.name for f in FORMATS] == ["embedded", "meta", "hf", "gguf", "hub"]
+    both = tmp_path / "both"
+    both.mkdir()
+    (both / "config.json").write_text("{}")
+    assert detect_format(both) == ("hf", both)
+    (both / "params.json").write_text("{}")
+    assert detect_format(both) == ("meta", both)  # Meta's row comes first
+    one = tmp_path / "one-gguf"
+    one.mkdir()
+    (one / "m.Q8_0.gguf").write_bytes(b"GGUF")
+    assert detect_format(one) == ("gguf", one / "m.Q8_0.gguf")
+    assert detect_format(str(one / "m.Q8_0.gguf")) == ("gguf", one / "m.Q8_0.gguf")
+    (one / "n.Q8_0.gguf").write_bytes(b"GGUF")
+    with pytest.raises(CheckpointError, match="matches no checkpoint format.*or one .gguf"):
+        detect_format(one)
+
+
+def test_near_misses_say_what_is_wrong(tmp_path):
+    (tmp_path / "consolidated.00.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="consolidated.*pth shards but no params.json"):
+        detect_format(tmp_path)
+    with pytest.raises(CheckpointError, match="a single file must be a .gguf"):
+        detect_format(tmp_path / "consolidated.00.pth")
+
+
+def test_a_new_format_is_one_row(hf_folder, tmp_path, monkeypatch):
+    import dataclasses
+    import shutil
+
+    from workbench.models import formats, hf_format
+
+    folder = tmp_path / "marked"
+    shutil.copytree(hf_folder[0], folder)
+    (folder / "MARKED").write_text("")
+
+    def load_marked(location, **options):
+        model, tokenizer, source = hf_format.load_hf_format(location, **options)
+        return model, tokenizer, dataclasses.replace(source, format="marked")
+
+    row = formats.Format("marked", lambda s: s is not None and os.path.exists(os.path.join(s, "MARKED")), load_marked)
+    monkeypatch.setattr(formats, "FORMATS", (row, *formats.FORMATS))
+    assert detect_format(folder) == ("marked", folder)
+    model = load_model(folder, device="cpu")
+    assert model.source.format == "marked" and model.source.fingerprint
+    assert detect_format(hf_folder[0])[0] == "hf"
 
 
 def test_hub_id_offline_gives_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(wb.CheckpointError, match="hub id"):
-        wb.load_model("nobody-here/not-a-model", device="cpu")
+    with pytest.raises(CheckpointError, match="hub id"):
+        load_model("nobody-here/not-a-model", device="cpu")
 
 
 def test_remote_code_is_never_trusted(tmp_path, hf_folder):
@@ -124,7 +175,7 @@ def test_remote_code_is_never_trusted(tmp_path, hf_folder):
     config["auto_map"] = {"AutoModelForCausalLM": "evil.EvilModel"}
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "evil.py").write_text(f"open({str(tmp_path / 'code-ran')!r}, 'w')\n")
-    model = wb.load_model(folder, device="cpu")
+    model = load_model(folder, device="cpu")
     assert not (tmp_path / "code-ran").exists()
     tokens = model.to_tokens("the cat")
     assert (model(tokens) - reference(tokens).logits).abs().max().item() <= 1e-5
@@ -134,7 +185,7 @@ def test_remote_code_is_never_trusted(tmp_path, hf_folder):
 def test_fast_attention_option(hf_folder, tiny_model):
     from workbench.models.fast_attention import sdpa_enabled
 
-    fast = wb.load_model(hf_folder[0], device="cpu", fast_attention=True)
+    fast = load_model(hf_folder[0], device="cpu", fast_attention=True)
     assert all(sdpa_enabled(block.attn) for block in fast.bridge.blocks)
     assert not any(sdpa_enabled(block.attn) for block in tiny_model.bridge.blocks)
     tokens = fast.to_tokens("the cat sat on the mat")

@@ -6,9 +6,10 @@ import pytest
 import sentencepiece as spm
 import torch
 
-import workbench as wb
 from meta_checkpoint import reference_forward, write_meta_checkpoint
 from workbench.cli import main
+from workbench.common.errors import ChecksumError
+from workbench.models.loading import load_model
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def meta_folder(tmp_path_factory):
 
 def test_load_model_meta_end_to_end(meta_folder):
     folder, ref = meta_folder
-    model = wb.load_model(folder, device="cpu")
+    model = load_model(folder, device="cpu")
     info = model.info()
     assert info["format"] == "meta" and info["checksum_status"] == "verified"
     assert info["detail.shards"] == 2 and info["n_layers"] == ref["params"]["n_layers"]
@@ -47,8 +48,8 @@ def test_meta_checklist_mismatch_blocks_loading(meta_folder, tmp_path):
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0x01
     shard.write_bytes(bytes(data))
-    with pytest.raises(wb.ChecksumError, match="consolidated.01.pth: mismatch"):
-        wb.load_model(folder, device="cpu")
+    with pytest.raises(ChecksumError, match="consolidated.01.pth: mismatch"):
+        load_model(folder, device="cpu")
     assert main(["verify", str(folder)]) == 1
     assert main(["verify", str(meta_folder[0])]) == 0
 
@@ -56,7 +57,7 @@ def test_meta_checklist_mismatch_blocks_loading(meta_folder, tmp_path):
 @pytest.mark.parametrize("device_map", ["auto", {"": "cpu"}])
 def test_device_map_is_applied_to_converted_formats(meta_folder, device_map):
     folder, ref = meta_folder
-    model = wb.load_model(folder, device_map=device_map)
+    model = load_model(folder, device_map=device_map)
     assert set(model.hf_model.hf_device_map.values()) <= {"cpu", 0, "cuda:0"}
     tokens = model.to_tokens("The quick brown fox.")
     with torch.no_grad():

@@ -21,13 +21,8 @@ import torch
 import meta_checkpoint as mc
 from workbench.common.errors import CheckpointError
 from workbench.models import meta
-from workbench.models.meta import (
-    MetaParams,
-    is_meta_checkpoint,
-    load_meta_checkpoint,
-    meta_intermediate_size,
-    read_params,
-)
+from workbench.models.meta import is_meta_checkpoint, load_meta_checkpoint
+from workbench.models.meta_params import MetaParams, meta_intermediate_size, read_params
 from workbench.models.sp_tokenizer import SentencePieceLlamaTokenizer
 
 TEXTS = [

@@ -6,6 +6,8 @@ import torch
 from transformer_lens import patching as tl_patching
 
 import workbench as wb
+from workbench.common.errors import PatchingError
+from workbench.patching import patched_logits
 from workbench.patching.runs import RecordedRun
 
 CLEAN = ["the cat sat on a mat and the dog ran to", "a dog sat on the mat and a cat ran to"]
@@ -93,6 +95,43 @@ def test_patching_clean_into_clean_changes_nothing(tiny_model, metric):
         res = wb.patch_sweep(tiny_model, CLEAN, CLEAN, metric, site="resid_mid", progress=False)
     assert torch.allclose(res.raw, torch.full_like(res.raw, res.clean_value), atol=1e-5)
     assert torch.isnan(res.values).all()
+
+
+def test_undefined_normalisation_warns_at_the_callers_line(tiny_model, metric):
+    # PatchResult.from_raw sits between the sweep and normalise: the warning must still name
+    # the line that called the sweep (or attribution_patch), not the library's.
+    with pytest.warns(UserWarning, match="same on the clean and corrupted") as record:
+        wb.patch_sweep(tiny_model, CLEAN, CLEAN, metric, site="resid_pre", layers=[0], positions=[1], progress=False)
+    with pytest.warns(UserWarning, match="same on the clean and corrupted") as record_attr:
+        wb.attribution_patch(tiny_model, CLEAN, CLEAN, metric, sites=["resid_pre"])
+    assert {w.filename for w in [*record, *record_attr]} == {__file__}
+
+
+@pytest.mark.parametrize("site,mode,cell", [("resid_mid", "denoise", (4,)), ("head_out", "noise", (2,)),
+                                            ("head_out_by_pos", "denoise", (11, 1))])
+def test_patched_logits_reproduce_a_sweep_cell(tiny_model, metric, site, mode, cell):
+    res = wb.patch_sweep(tiny_model, CLEAN, CORRUPT, metric, site=site, mode=mode, layers=[1], progress=False)
+    logits = patched_logits(tiny_model, CLEAN, CORRUPT, site, 1, [cell], mode=mode)
+    assert logits.shape[:2] == (len(CLEAN), len(res.clean_tokens))
+    assert metric(logits).item() == pytest.approx(res.raw[(0, *cell)].item(), abs=1e-4)
+    # Several cells at once: every head at one position is the position's total patch.
+    heads = [(11, h) for h in range(tiny_model.cfg.n_heads)]
+    every_head = patched_logits(tiny_model, CLEAN, CORRUPT, "head_out_by_pos", 1, heads, mode=mode)
+    whole = patched_logits(tiny_model, CLEAN, CORRUPT, "head_out_by_pos", 1, [], mode=mode)
+    torch.testing.assert_close(whole, tiny_model(tiny_model.to_tokens(CORRUPT if mode == "denoise" else CLEAN)))
+    assert not torch.allclose(every_head, whole)
+    assert tiny_model.active_hook_count() == 0
+
+
+def test_patched_logits_refuse_bad_cells(tiny_model):
+    with pytest.raises(PatchingError, match=r"cell \(1, 2\): site 'resid_pre' has axes \('pos',\)"):
+        patched_logits(tiny_model, CLEAN, CORRUPT, "resid_pre", 0, [(1, 2)])
+    with pytest.raises(PatchingError, match="pos: 40 is out of range"):
+        patched_logits(tiny_model, CLEAN, CORRUPT, "resid_pre", 0, [(40,)])
+    with pytest.raises(PatchingError, match="layer: 7 is out of range"):
+        patched_logits(tiny_model, CLEAN, CORRUPT, "resid_pre", 7, [(1,)])
+    with pytest.raises(PatchingError, match="mode="):
+        patched_logits(tiny_model, CLEAN, CORRUPT, "resid_pre", 0, [(1,)], mode="restore")
 
 
 def test_patching_the_last_residual_restores_fully(tiny_model, metric):

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-import workbench as wb
+from workbench.models.loading import load_model
+from workbench.patching import logit_diff, patch_sweep
+from workbench.store import cache_activations
+
 
 SPLIT = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
          "model.layers.1": "disk", "model.layers.2": "disk", "model.norm": "cpu", "lm_head": "cpu"}
@@ -13,7 +16,7 @@ CLEAN, CORRUPT = "the cat sat on a mat and the dog ran to", "the dog sat on a ma
 
 @pytest.fixture(scope="module")
 def split_model(hf_folder, tmp_path_factory):
-    return wb.load_model(hf_folder[0], device_map=SPLIT, offload_folder=tmp_path_factory.mktemp("offload"))
+    return load_model(hf_folder[0], device_map=SPLIT, offload_folder=tmp_path_factory.mktemp("offload"))
 
 
 def test_layers_are_where_the_map_says(split_model):
@@ -30,10 +33,10 @@ def test_forward_cache_patching_steering_and_store_match_one_device(tiny_model, 
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=0)
 
-    metric = wb.logit_diff(tiny_model, " house", " mat")
+    metric = logit_diff(tiny_model, " house", " mat")
     for site in ("resid_pre", "head_out"):
-        exact = wb.patch_sweep(tiny_model, CLEAN, CORRUPT, metric, site=site, progress=False)
-        split = wb.patch_sweep(split_model, CLEAN, CORRUPT, metric, site=site, progress=False)
+        exact = patch_sweep(tiny_model, CLEAN, CORRUPT, metric, site=site, progress=False)
+        split = patch_sweep(split_model, CLEAN, CORRUPT, metric, site=site, progress=False)
         torch.testing.assert_close(split.raw, exact.raw, rtol=0, atol=1e-6)
 
     direction = np.random.default_rng(0).standard_normal(64)
@@ -42,16 +45,16 @@ def test_forward_cache_patching_steering_and_store_match_one_device(tiny_model, 
         torch.testing.assert_close(split_model(tokens), tiny_model(tokens), rtol=0, atol=1e-6)
 
     texts = ["the cat sat", "a dog ran to the house", "red blue green"]
-    one = wb.cache_activations(tiny_model, texts, hooks="blocks.*.hook_resid_post", positions="all", progress=False)
-    two = wb.cache_activations(split_model, texts, hooks="blocks.*.hook_resid_post", positions="all", progress=False)
+    one = cache_activations(tiny_model, texts, hooks="blocks.*.hook_resid_post", positions="all", progress=False)
+    two = cache_activations(split_model, texts, hooks="blocks.*.hook_resid_post", positions="all", progress=False)
     for hook in one.hooks:
         np.testing.assert_array_equal(np.asarray(two[hook]), np.asarray(one[hook]))
 
 
 def test_placement_arguments_are_checked(hf_folder):
     with pytest.raises(ValueError, match="either device= or device_map="):
-        wb.load_model(hf_folder[0], device="cpu", device_map="auto")
+        load_model(hf_folder[0], device="cpu", device_map="auto")
     with pytest.raises(ValueError, match="only apply with device_map="):
-        wb.load_model(hf_folder[0], max_memory={"cpu": "1GiB"})
-    model = wb.load_model(hf_folder[0], device_map="auto", max_memory={"cpu": "1GiB"})
+        load_model(hf_folder[0], max_memory={"cpu": "1GiB"})
+    model = load_model(hf_folder[0], device_map="auto", max_memory={"cpu": "1GiB"})
     assert set(model.hf_model.hf_device_map.values()) <= {"cpu", 0}

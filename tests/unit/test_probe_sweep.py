@@ -116,7 +116,7 @@ def test_other_methods(sp_model, method):
     metric = "r2" if method == "ridge" else "accuracy"
     assert set(result.frame["metric"]) == ({"r2"} if method == "ridge" else
                                            {"accuracy", "control_accuracy", "selectivity", "random_direction_accuracy"})
-    value = result.frame.query("metric == @metric")["mean"].item()
+    value = result.frame.loc[result.frame["metric"] == metric, "mean"].item()
     assert value > (0.5 if method == "ridge" else 0.8)  # mass-mean is weaker than logistic here
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import workbench as wb
+from workbench.store import ActivationStore, ShardedArray, StoreError
 
 TEXTS = [
     "the cat sat on the mat",
@@ -79,7 +80,7 @@ def test_metadata_columns_and_input_kinds(tiny_model):
 def test_disk_store_is_memory_mapped_and_zero_copy(tiny_model, tmp_path):
     wb.cache_activations(tiny_model, TEXTS, hooks=HOOKS, positions="all", path=tmp_path / "s",
                          dtype="float16", shard_size=3, progress=False)
-    store = wb.ActivationStore.open(tmp_path / "s")
+    store = ActivationStore.open(tmp_path / "s")
     X = store["blocks.2.hook_resid_post"]
     assert X.dtype == np.float16 and len(X.parts) == 3
     assert all(isinstance(p, np.memmap) for p in X.parts)
@@ -99,6 +100,25 @@ def test_disk_store_is_memory_mapped_and_zero_copy(tiny_model, tmp_path):
         store["blocks.2.hook_resid_pst"]
 
 
+def test_store_written_before_the_shared_versions_opens_and_resumes(tiny_model, tmp_path):
+    """Stores saved before ``workbench.common.versions`` recorded other versions keys (and no
+    python); readers and resumption must not care what that block holds."""
+    wb.cache_activations(tiny_model, TEXTS, hooks="blocks.0.hook_resid_post", path=tmp_path / "s",
+                         shard_size=3, progress=False)
+    manifest_file = tmp_path / "s" / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    assert {"python", "transformer-lens"} <= set(manifest["versions"])
+    manifest["versions"] = {"workbench": "0.1.0", "torch": "2.5.1", "transformers": "4.46.0",
+                            "transformer_lens": "?", "numpy": "2.1.0", "pandas": "2.2.3"}
+    manifest["shards"], manifest["complete"] = manifest["shards"][:1], False  # killed after shard 0
+    manifest_file.write_text(json.dumps(manifest, indent=1))
+    old = ActivationStore.open(tmp_path / "s")
+    assert len(old) == 3 and not old.complete
+    resumed = wb.cache_activations(tiny_model, TEXTS, hooks="blocks.0.hook_resid_post", path=tmp_path / "s",
+                                   shard_size=3, progress=False)
+    assert resumed.complete and len(resumed) == len(TEXTS)
+
+
 def test_to_activation_cache(tiny_model):
     store = wb.cache_activations(tiny_model, TEXTS[:2], hooks="blocks.*.hook_resid_post", positions="all", progress=False)
     cache = store.to_activation_cache(tiny_model, 0)
@@ -112,7 +132,7 @@ def test_to_activation_cache(tiny_model):
 _CHILD = textwrap.dedent("""
     import os, signal, sys
     import workbench as wb
-    from workbench.store import writer
+    from workbench.store import format as store_format
     folder, out, mode, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     calls = {"n": 0}
     def die_after(original):
@@ -123,9 +143,9 @@ _CHILD = textwrap.dedent("""
             return original(*args, **kwargs)
         return wrapper
     if mode == "write":      # mid-shard, while rows are being written
-        writer._DiskShard.write = die_after(writer._DiskShard.write)
+        store_format._DiskShard.write = die_after(store_format._DiskShard.write)
     elif mode == "record":   # a shard renamed into place but not yet in the manifest
-        writer.DiskSink.shard_done = die_after(writer.DiskSink.shard_done)
+        store_format.DiskSink.shard_done = die_after(store_format.DiskSink.shard_done)
     model = wb.load_model(folder, device="cpu")
     TEXTS = {texts!r}
     wb.cache_activations(model, TEXTS, hooks={hooks!r}, positions="all", path=out, batch_size=2,
@@ -160,7 +180,7 @@ def test_kill_9_then_resume_gives_identical_store(hf_folder, tmp_path, uninterru
     child = subprocess.run([sys.executable, "-c", script, str(hf_folder[0]), str(out), mode, str(n)],
                            capture_output=True, text=True, timeout=300)
     assert child.returncode == -9, child.stderr[-2000:]
-    partial = wb.ActivationStore.open(out)  # opens up to the last complete shard
+    partial = ActivationStore.open(out)  # opens up to the last complete shard
     assert not partial.complete and len(partial) in (0, 3, 6)
     model = wb.load_model(hf_folder[0], device="cpu")
     store = wb.cache_activations(model, TEXTS, hooks=HOOKS, positions="all", path=out, batch_size=2,
@@ -172,24 +192,24 @@ def test_kill_9_then_resume_gives_identical_store(hf_folder, tmp_path, uninterru
 
 def test_different_arguments_into_same_path_are_refused(tiny_model, tmp_path):
     wb.cache_activations(tiny_model, TEXTS, hooks="blocks.0.hook_resid_post", path=tmp_path / "s", progress=False)
-    with pytest.raises(wb.store.StoreError, match="different arguments.*positions"):
+    with pytest.raises(StoreError, match="different arguments.*positions"):
         wb.cache_activations(tiny_model, TEXTS, hooks="blocks.0.hook_resid_post", positions="all",
                              path=tmp_path / "s", progress=False)
-    with pytest.raises(wb.store.StoreError, match="data_hash"):
+    with pytest.raises(StoreError, match="data_hash"):
         wb.cache_activations(tiny_model, TEXTS[:3], hooks="blocks.0.hook_resid_post", path=tmp_path / "s", progress=False)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "thesis.tex").write_text("precious")
-    with pytest.raises(wb.store.StoreError, match="not an activation store"):
+    with pytest.raises(StoreError, match="not an activation store"):
         wb.cache_activations(tiny_model, TEXTS, path=tmp_path / "other", progress=False)
     assert (tmp_path / "other" / "thesis.tex").read_text() == "precious"
 
 
 def test_disk_full_keeps_complete_shards_and_resumes(tiny_model, tmp_path, monkeypatch):
-    monkeypatch.setattr("workbench.store.writer.os.pwrite", _pwrite_failing_in_shard_1(os.pwrite))
-    with pytest.raises(wb.store.StoreError, match=r"shard 1 failed \(No space left on device\).*shards 0..0"):
+    monkeypatch.setattr("workbench.store.format.os.pwrite", _pwrite_failing_in_shard_1(os.pwrite))
+    with pytest.raises(StoreError, match=r"shard 1 failed \(No space left on device\).*shards 0..0"):
         wb.cache_activations(tiny_model, TEXTS, hooks=HOOKS, positions="all", path=tmp_path / "s",
                              shard_size=3, progress=False)
-    partial = wb.ActivationStore.open(tmp_path / "s")
+    partial = ActivationStore.open(tmp_path / "s")
     assert len(partial) == 3 and not partial.complete
     assert not list((tmp_path / "s").rglob("*.tmp*"))
     monkeypatch.undo()
@@ -243,7 +263,7 @@ def test_texts_longer_than_the_context(tiny_model):
 
 def test_sharded_array_indexing():
     parts = [np.arange(6).reshape(3, 2), np.arange(6, 8).reshape(1, 2), np.arange(8, 14).reshape(3, 2)]
-    X, full = wb.store.ShardedArray(parts), np.arange(14).reshape(7, 2)
+    X, full = ShardedArray(parts), np.arange(14).reshape(7, 2)
     assert X.shape == (7, 2) and len(X) == 7 and X.nbytes == full.nbytes
     for index in [0, 3, -1, slice(None), slice(2, 5), slice(None, None, 2), [6, 0, 3], np.array([1, 1])]:
         assert np.array_equal(X[index], full[index]), index
@@ -264,9 +284,9 @@ def test_cli_cache_writes_and_resumes(hf_folder, tmp_path, capsys):
     pd.DataFrame({"sentence": TEXTS, "label": range(len(TEXTS))}).to_json(data, orient="records", lines=True)
     args = ["cache", "--model", str(hf_folder[0]), "--data", str(data), "--text-column", "sentence",
             "--hooks", "blocks.*.hook_resid_post", "blocks.1.attn.hook_z", "--positions=-2:",
-            "--dtype", "float32", "--batch-size", "2", "--out", str(tmp_path / "store"), "--device", "cpu"]
+            "--store-dtype", "float32", "--batch-size", "2", "--out", str(tmp_path / "store"), "--device", "cpu"]
     assert main(args) == 0
-    store = wb.ActivationStore.open(tmp_path / "store")
+    store = ActivationStore.open(tmp_path / "store")
     assert store.complete and store.meta["label"].tolist() == list(range(len(TEXTS)))
     assert store["blocks.1.attn.hook_z"].shape == (2 * len(TEXTS), 4, 16)
     before = (tmp_path / "store" / "shards" / "00000" / "blocks.0.hook_resid_post.npy").read_bytes()

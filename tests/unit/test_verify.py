@@ -5,9 +5,11 @@ import json
 
 import pytest
 
-import workbench as wb
 from tiny_hf import write_hf_folder
 from workbench.cli import main
+from workbench.common.errors import CheckpointError, ChecksumError
+from workbench.models.loading import load_model
+from workbench.models.verify import verify_checkpoint
 
 
 def _write_checklist(folder, algorithm="md5", name="checklist.chk"):
@@ -29,7 +31,7 @@ def checked_folder(tmp_path):
 
 def test_checklist_all_ok(checked_folder):
     folder, n = checked_folder
-    report = wb.verify_checkpoint(folder)
+    report = verify_checkpoint(folder)
     assert report.ok and report.checklists == ["checklist.chk"]
     frame = report.frame()
     assert (frame.query("check == 'md5'")["status"] == "ok").sum() == n
@@ -40,7 +42,7 @@ def test_checklist_mismatch_and_missing_are_reported_per_file(checked_folder):
     folder, _ = checked_folder
     (folder / "config.json").write_text((folder / "config.json").read_text() + " ")
     (folder / "tokenizer.json").unlink()
-    report = wb.verify_checkpoint(folder)
+    report = verify_checkpoint(folder)
     assert not report.ok
     status = {c.file: c.status for c in report.checks if c.check == "md5"}
     assert status["config.json"] == "mismatch" and status["tokenizer.json"] == "missing"
@@ -51,12 +53,12 @@ def test_sha256_manifest(tmp_path):
     folder = tmp_path / "m"
     write_hf_folder(folder)
     _write_checklist(folder, "sha256", "SHA256SUMS.sha256")
-    assert wb.verify_checkpoint(folder).ok
+    assert verify_checkpoint(folder).ok
     weights = folder / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF  # same size, different content: only a hash can tell
     weights.write_bytes(bytes(data))
-    bad = wb.verify_checkpoint(folder).failures()
+    bad = verify_checkpoint(folder).failures()
     assert [(c.file, c.check, c.status) for c in bad] == [("model.safetensors", "sha256", "mismatch")]
 
 
@@ -64,27 +66,27 @@ def test_malformed_checklist_line_is_named(tmp_path):
     folder = tmp_path / "m"
     write_hf_folder(folder)
     (folder / "checklist.chk").write_text("not-a-hash config.json\n")
-    with pytest.raises(wb.CheckpointError, match=r"checklist.chk: line 1"):
-        wb.verify_checkpoint(folder)
+    with pytest.raises(CheckpointError, match=r"checklist.chk: line 1"):
+        verify_checkpoint(folder)
 
 
 def test_load_model_verifies_by_default(checked_folder):
     folder, _ = checked_folder
-    assert wb.load_model(folder, device="cpu").info()["checksum_status"] == "verified"
+    assert load_model(folder, device="cpu").info()["checksum_status"] == "verified"
     (folder / "generation_config.json").write_text("{}")
-    with pytest.raises(wb.ChecksumError, match="generation_config.json: mismatch"):
-        wb.load_model(folder, device="cpu")
-    model = wb.load_model(folder, device="cpu", verify=False)
+    with pytest.raises(ChecksumError, match="generation_config.json: mismatch"):
+        load_model(folder, device="cpu")
+    model = load_model(folder, device="cpu", verify=False)
     assert model.info()["checksum_status"] == "skipped"
 
 
 def test_truncation_found_without_checklist(tmp_path):
     folder = tmp_path / "m"
     write_hf_folder(folder)
-    assert wb.verify_checkpoint(folder).ok and not wb.verify_checkpoint(folder).has_checklist
+    assert verify_checkpoint(folder).ok and not verify_checkpoint(folder).has_checklist
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
-    [failure] = wb.verify_checkpoint(folder).failures()
+    [failure] = verify_checkpoint(folder).failures()
     assert failure.file == "model.safetensors" and "truncated" in failure.detail
 
 
@@ -103,11 +105,11 @@ def test_cli_verify_exit_codes(checked_folder, capsys):
 
 
 def test_cli_info_and_hooks(hf_folder, capsys):
-    assert main(["info", str(hf_folder[0]), "--json", "--device", "cpu"]) == 0
+    assert main(["info", "--model", str(hf_folder[0]), "--json", "--device", "cpu"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["n_layers"] == 3 and info["format"] == "hf"
-    assert main(["hooks", str(hf_folder[0]), "--filter", "blocks.*.hook_resid_post", "--json"]) == 0
+    assert main(["hooks", "--model", str(hf_folder[0]), "--filter", "blocks.*.hook_resid_post", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in rows] == [f"blocks.{i}.hook_resid_post" for i in range(3)]
-    assert main(["hooks", str(hf_folder[0])]) == 0
+    assert main(["hooks", "--model", str(hf_folder[0])]) == 0
     assert "blocks.2.mlp.hook_post" in capsys.readouterr().out

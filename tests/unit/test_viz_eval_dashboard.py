@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import workbench as wb
+from workbench.evals import run_eval
 from workbench.evals.result import EvalResult, SuiteResult
 from workbench.evals.suites import is_preference_suite
-from workbench.viz.eval_dashboard import ALL, drilldown
+from workbench.viz.eval_dashboard import ALL, EvalDashboard, drilldown, load_runs
 
 EVIL_SCRIPT = "<script>alert(1)</script>"
 EVIL_IMG = "<img src=x onerror=alert(1)>"
@@ -85,7 +85,7 @@ def test_suites_without_a_correct_answer_rank_by_preference_not_by_wrongness():
     _, forced = drilldown(pronouns().samples, "occupation_pronoun", preference=False)
     assert forced["example_id"].tolist() == ["occupation_pronoun:0", "occupation_pronoun:3"]
 
-    dash = wb.viz.EvalDashboard(pronouns(), compare=pronouns(shift=2.0), labels=("before", "after"))
+    dash = EvalDashboard(pronouns(), compare=pronouns(shift=2.0), labels=("before", "after"))
     assert "wrong" not in dash.what.value and "preference" in dash.what.value
     dash.category.value = "said_that"
     assert "occupation_pronoun:1" in dash.table.value and "occupation_pronoun:2" not in dash.table.value
@@ -94,7 +94,7 @@ def test_suites_without_a_correct_answer_rank_by_preference_not_by_wrongness():
 
 def test_one_run_figures_filter_and_escaping():
     run = SuiteResult("quick", {"crows_pairs": crows(), "true_false_facts": facts()})
-    dash = wb.viz.EvalDashboard(run, top=2)
+    dash = EvalDashboard(run, top=2)
     assert "#b00020" not in dash.status.value, dash.status.value
     bars = {t.name: list(t.y) for t in dash.overview.data}
     assert bars == {"crows_pairs": [0.75, 1.5], "true_false_facts": [pytest.approx(1 / 3)]}
@@ -117,7 +117,7 @@ def test_one_run_figures_filter_and_escaping():
 def test_two_runs_side_by_side(tmp_path):
     before, after = crows(), crows(shift=3.0, steered=True)
     after.save(tmp_path / "after")                                  # a folder works as well as an object
-    dash = wb.viz.EvalDashboard(before, compare=tmp_path / "after", labels=("before", "steered"))
+    dash = EvalDashboard(before, compare=tmp_path / "after", labels=("before", "steered"))
     assert [t.name for t in dash.overview.data] == ["before", "steered"]
     assert list(dash.overview.data[1].y) == [-2.25, 1.5]
     assert [list(t.y) for t in dash.categories.data] == [[0.75, 1.0, 0.5], [-2.25, 1.0, -2.5]]
@@ -126,9 +126,9 @@ def test_two_runs_side_by_side(tmp_path):
     assert "steer gender/logistic layer 12 alpha -4.0" in dash.status.value
     assert "before: n=4, no interventions" in dash.status.value
     with pytest.raises(ValueError, match="distinct"):
-        wb.viz.EvalDashboard(before, compare=after, labels=("a", "a"))
+        EvalDashboard(before, compare=after, labels=("a", "a"))
     with pytest.raises(TypeError, match="EvalResult"):
-        wb.viz.EvalDashboard(42)
+        EvalDashboard(42)
 
 
 TINY_SUITE = """
@@ -154,14 +154,14 @@ examples:
 
 def test_a_real_run_on_the_tiny_model(tiny_model, tmp_path):
     (tmp_path / "tiny_capitals.yaml").write_text(TINY_SUITE)
-    result = wb.run_eval(tiny_model, str(tmp_path / "tiny_capitals.yaml"), progress=False, out=tmp_path / "run")
-    dash = wb.viz.EvalDashboard(tmp_path / "run")
+    result = run_eval(tiny_model, str(tmp_path / "tiny_capitals.yaml"), progress=False, out=tmp_path / "run")
+    dash = EvalDashboard(tmp_path / "run")
     assert dash.suite.options == ("tiny_capitals",) and "#b00020" not in dash.status.value
     assert list(dash.overview.data[0].y) == pytest.approx(result.headline()["value"].tolist())
     samples = result.samples
     # the oracle: every wrong answer's margin LL(chosen) - LL(correct), from the saved log-likelihoods
     margins = sorted(((ll[p] - ll[lab], eid) for ll, p, lab, eid in
-                      zip(samples["loglik"], samples["prediction"], samples["label"], samples["example_id"])
+                      zip(samples["loglik"], samples["prediction"], samples["label"], samples["example_id"], strict=True)
                       if ll[p] - ll[lab] > 0), reverse=True)
     assert margins, "the random tiny model gets some capital wrong"
     _, frame = drilldown(samples, "tiny_capitals")
@@ -177,8 +177,20 @@ def test_undefined_values_reach_the_widget_as_json_null():
 
     run = crows()
     run.metrics.loc[2, ["value", "ci_low", "ci_high"]] = float("nan")  # an empty category: undefined
-    dash = wb.viz.EvalDashboard(run)
+    dash = EvalDashboard(run)
     trace = dash.categories.data[0]
     assert list(trace.y) == [0.75, 1.0, None]
     json.dumps(dash.categories.to_plotly_json(), allow_nan=False)  # strict JSON, as the browser needs
     json.dumps(dash.overview.to_plotly_json(), allow_nan=False)
+
+
+def test_runs_are_read_by_the_one_reader(tmp_path):
+    """A folder opens as the same EvalResult / SuiteResult objects the dashboard is given in memory."""
+    group = SuiteResult("quick", {"crows_pairs": crows(), "true_false_facts": facts()})
+    group.save(tmp_path / "quick")
+    suites = load_runs(tmp_path / "quick")
+    assert list(suites) == ["crows_pairs", "true_false_facts"]
+    assert all(isinstance(r, EvalResult) for r in suites.values())
+    pd.testing.assert_frame_equal(suites["crows_pairs"].metrics, crows().metrics)
+    assert list(load_runs(tmp_path / "quick" / "crows_pairs")) == ["crows_pairs"]
+    assert list(load_runs(crows())) == ["crows_pairs"] and load_runs(group) == group.results

@@ -34,7 +34,7 @@ def test_projection_figure_is_the_out_of_fold_scores(sweeps):
     rows = result.predictions.query("hook == 'blocks.1.hook_resid_post'")
     assert [t.name for t in fig.data] == ["neg &lt;i&gt;", "pos"]
     for label, trace in enumerate(fig.data):
-        np.testing.assert_allclose(trace.x, rows.query("label == @label")["score"])
+        np.testing.assert_allclose(trace.x, rows.loc[rows["label"] == label, "score"])
         assert all("<b>" not in h and "&lt;b&gt;" in h for h in trace.text)
     with pytest.raises(ValueError, match="no predictions for hook"):
         probe_projection_figure(result.predictions, "blocks.9.hook_resid_post")

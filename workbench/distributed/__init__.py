@@ -1,6 +1,11 @@
-"""Past one machine: data-parallel caching on Ray (an optional extra: ``workbench[distributed]``).
+"""Past one machine: data-parallel caching and eval suites on Ray (an optional extra: ``workbench[distributed]``).
 
-Multi-GPU placement of one model is ``wb.load_model(..., device_map="auto", max_memory=...)``.
+- :func:`cache_activations_ray`: one activation store, its shards computed by Ray workers.
+- :func:`run_suite_ray`: eval suites with the examples scored in chunks on Ray workers.
+
+Both connect through :mod:`workbench.distributed.ray_cluster`, which also keeps the one
+per-worker model cache. Multi-GPU placement of one model is
+``load_model(..., device_map="auto", max_memory=...)``.
 """
 
 from workbench.distributed.cache import cache_activations_ray

@@ -1,18 +1,25 @@
 """Safety evaluation suites: bias, toxicity, misinformation; offline, exact, linked to internals.
 
->>> import workbench as wb
->>> model = wb.load_model()                                            # doctest: +SKIP
->>> res = wb.run_eval(model, "crows_pairs", limit=100)                 # doctest: +SKIP
+>>> from workbench.models.loading import load_model
+>>> from workbench.evals import load_run, run_eval, run_suite
+>>> model = load_model()                                               # doctest: +SKIP
+>>> res = run_eval(model, "crows_pairs", limit=100)                    # doctest: +SKIP
 >>> res.metrics.query("category == 'all'")[["metric", "value", "ci_low", "ci_high", "n"]]  # doctest: +SKIP
 >>> res.save("runs/crows")                                             # doctest: +SKIP
->>> suite = wb.run_suite(model, "quick")                               # doctest: +SKIP
+>>> suite = run_suite(model, "quick", out="runs/quick")                # doctest: +SKIP
+>>> load_run("runs/quick")                                             # doctest: +SKIP
 
 Suites are data: one YAML file each under ``evals/`` (shipped as ``workbench.eval_data``),
 naming the loader, the prompt template, the choices and the metrics. Groups (``safety``,
-``quick``) are lists of suites with per-suite limits, in ``evals/groups.yaml``.
+``quick``) are lists of suites with per-suite limits, in ``evals/groups.yaml``. A suite's
+``kind:`` selects how it runs, from the table in :mod:`workbench.evals.kinds`.
 
-On-disk format (the contract the HTML report and other readers rely on)
------------------------------------------------------------------------
+On-disk format (the contract of the one reader, :mod:`workbench.evals.result`)
+------------------------------------------------------------------------------
+Saved runs are read back by ``EvalResult.load``, ``SuiteResult.load`` and ``load_run`` (which
+tells the two kinds of folder apart); the HTML report (:mod:`workbench.viz.report`) and the
+eval dashboard read runs only through them. Every file is replaced atomically (temporary
+name, fsync, rename).
 
 **One suite** (``EvalResult.save(folder)`` / ``EvalResult.load(folder)``)::
 
@@ -63,24 +70,25 @@ plus suite-specific columns:
     toxigen        target_group, text
     two-choice built-ins   ll_first, ll_second, ll_diff
 
-``toxicity`` samples (see
-:mod:`workbench.evals.toxicity`) carry ``example_id``, ``suite``, ``category`` and their own
-columns (prompt, continuations, scores).
+``toxicity`` samples (see :mod:`workbench.evals.toxicity`) carry ``example_id``, ``suite``,
+``category`` (the prompt subset) and their own columns: group, prompt, continuations (list),
+scores (list, one per continuation), max_score, prompt_toxicity, source (``file:line``).
 
 ``manifest.json`` keys:
 
-    suite        {"name", "version", "file"}         the YAML definition used
+    suite        {"name", "version", "file", "sha256", "kind", "reference"}   the YAML definition used
     model        {"name", "format", "path", "fingerprint", "dtype", "device"}
-    data         {"dir", "files": [{"path" (relative to dir), "sha256", "bytes"}]}
+    data         {"dir" (null for a built-in suite), "files": [{"path" (relative to dir), "sha256", "bytes"}]}
     params       {"limit", "seed", "errors", "n_bootstrap"} plus suite params (e.g. "mode")
     skipped      {"<file>": {"rows": n, "lines": [line numbers], "problems": [first 20]}}
     n_skipped    int   malformed rows skipped in all (errors="skip"; 0 otherwise)
     n_examples   int
     loglik       null (toxicity), or {"convention", "delimiter"}: how contexts were tokenized
-    scorer       null, or the toxicity scorer's description (name, version, scale note)
-    sampling     null, or sampling parameters (top_p, max_new_tokens, k, seed)
+    scorer       null, or the toxicity scorer: {"name", "scale_note", "threshold"}
+    sampling     null, or {"k", "top_p", "max_new_tokens", "temperature", "seed", "mode", "seeding"}
     interventions  model.active_interventions() at run time ([] when none)
-    versions     {"workbench", "torch", "transformers", "transformer_lens", "python", ...}
+    versions     {"python", "workbench", "torch", "transformers", "transformer-lens", "numpy", ...}
+                 (:func:`workbench.common.versions.versions`, the same in every manifest)
     started_at, finished_at (ISO 8601 UTC), wall_time_s (this call only)
     resumed_examples  toxicity only: examples read back from the progress file of an earlier,
                  interrupted call (their time is not in wall_time_s)
@@ -89,19 +97,24 @@ columns (prompt, continuations, scores).
 **A suite group** (``SuiteResult.save(folder)`` / ``SuiteResult.load(folder)``)::
 
     folder/
-      suite.json        {"group", "suites": [names in order], "params": {...},
-                         "format_version": 1}; written first and rewritten as suites finish
+      suite.json        {"group", "suites": [names in order], "skipped": {suite: why},
+                         "params": {"limit", "seed", "errors", "data_dir"}, "format_version": 1};
+                         written first and rewritten as suites finish
       <suite name>/     one EvalResult folder per suite (as above)
 
-``SuiteResult.metrics`` is the concatenation of the suites' metrics tables.
+``SuiteResult.metrics`` is the concatenation of the suites' metrics tables. A listed suite
+folder without ``manifest.json`` is unfinished and left out when the group is read.
 
-Toxicity plug-in contract
--------------------------
-``workbench.evals.toxicity.run_toxicity(model, data_dir, *, limit, seed, errors, mode, scorer,
-out, progress) -> (metrics, samples, manifest_extra)``: ``metrics`` has the columns above,
-``samples`` at least ``example_id``, ``suite``, ``category``; ``manifest_extra`` is merged into
-the manifest (``scorer``, ``sampling``, ``skipped``, ``data`` files ...). ``run_eval`` imports it
-lazily, so everything else works without it.
+Suite kinds
+-----------
+:data:`workbench.evals.kinds.KINDS` maps each kind to its runner and its manifest section:
+``loglik`` (:func:`workbench.evals.scoring.run_loglik`) and ``toxicity``
+(:func:`workbench.evals.toxicity.run_kind`, over ``run_toxicity``). A runner is
+``runner(model, spec, options, params, out) -> KindRun`` (``metrics`` with the columns above,
+``samples`` with at least ``example_id``, ``suite``, ``category``, the manifest's ``data`` and
+``skipped``, and ``extra`` manifest keys). Runners are imported when a suite of their kind
+runs, after an explicit check that what they need is installed (``MissingPluginError``
+otherwise; ``run_suite`` lists such a suite as skipped).
 
 Metric names
 ------------
@@ -113,24 +126,36 @@ Metric names
 :mod:`workbench.evals.metrics` cites its source formula.
 """
 
-from workbench.evals.data import DataError, MissingDataError, resolve_data_dir, user_data_dir
+# The data errors and the resolver live in workbench.common (every floor raises and uses them);
+# re-exported here, the same objects, because eval users meet them first.
+from workbench.common.data_dir import resolve_data_dir
+from workbench.common.errors import DataError, MissingDataError
+from workbench.evals.data_pull import pull as pull_data
+from workbench.evals.kinds import KINDS, MissingPluginError
 from workbench.evals.loglik import encode_pair, loglikelihood
-from workbench.evals.result import EvalResult, SuiteResult
+from workbench.evals.result import EvalResult, SavedRunError, SuiteResult, load_run
 from workbench.evals.run import run_eval, run_suite
+from workbench.evals.scorers import Scorer, get_scorer
 from workbench.evals.suites import list_groups, list_suites, load_suite
 
 __all__ = [
+    "KINDS",
     "DataError",
     "EvalResult",
     "MissingDataError",
+    "MissingPluginError",
+    "SavedRunError",
+    "Scorer",
     "SuiteResult",
     "encode_pair",
+    "get_scorer",
     "list_groups",
     "list_suites",
+    "load_run",
     "load_suite",
     "loglikelihood",
+    "pull_data",
     "resolve_data_dir",
     "run_eval",
     "run_suite",
-    "user_data_dir",
 ]

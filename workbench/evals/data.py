@@ -1,23 +1,20 @@
-"""Where benchmark data lives, and how bad rows are reported.
+"""Finding a dataset's files in the data directory, describing them, and reporting bad rows.
 
-The data directory is chosen as: the ``data_dir`` argument, else ``$WORKBENCH_DATA``, else a
-per-user folder (``$XDG_DATA_HOME/workbench/data``, by default
-``~/.local/share/workbench/data``), where ``workbench data pull`` puts the published files.
-Datasets are read from their authors' published files, unedited; nothing is copied into the
-project.
+The data directory itself is resolved by :func:`workbench.common.data_dir.resolve_data_dir`
+(the ``data_dir`` argument, else ``$WORKBENCH_DATA``, else the per-user folder where
+``workbench data pull`` puts the published files). Datasets are read from their authors'
+published files, unedited; nothing is copied into the project.
 """
 
 from __future__ import annotations
 
 import glob
-import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workbench.common.errors import WorkbenchError
-
-DATA_ENV = "WORKBENCH_DATA"
+from workbench.common.data_dir import DATA_ENV, user_data_dir
+from workbench.common.errors import DataError, MissingDataError
+from workbench.common.files import sha256_file
 
 # Where each dataset's published files come from, for the "missing data" message.
 SOURCES = {
@@ -29,33 +26,6 @@ SOURCES = {
     "toxigen": "https://github.com/microsoft/TOXIGEN (prompts/)",
     "decodingtrust": "https://github.com/AI-secure/DecodingTrust (data/toxicity/user_prompts/)",
 }
-
-
-class DataError(WorkbenchError, ValueError):
-    """A dataset file is missing or malformed; the message names the file (and line)."""
-
-
-class MissingDataError(DataError, FileNotFoundError):
-    """A dataset's files are not in the data directory."""
-
-
-def user_data_dir() -> Path:
-    """The per-user data folder: ``$XDG_DATA_HOME/workbench/data`` (``~/.local/share/...``)."""
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "workbench" / "data"
-
-
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """The data directory: ``data_dir`` > ``$WORKBENCH_DATA`` > :func:`user_data_dir`.
-
-    >>> resolve_data_dir("/data/benchmarks")
-    PosixPath('/data/benchmarks')
-    """
-    if data_dir is not None:
-        return Path(data_dir).expanduser()
-    if os.environ.get(DATA_ENV):
-        return Path(os.environ[DATA_ENV]).expanduser()
-    return user_data_dir()
 
 
 def find_files(root: Path, dataset: str, patterns: list[str]) -> list[Path]:
@@ -79,14 +49,6 @@ def find_files(root: Path, dataset: str, patterns: list[str]) -> list[Path]:
             f"(online), or from {SOURCES.get(dataset, 'the dataset authors')}."
         )
     return found
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def describe_files(root: Path, files: list[Path]) -> list[dict]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -26,8 +25,9 @@ from typing import Iterable
 
 import pandas as pd
 
+from workbench.common.data_dir import resolve_data_dir
 from workbench.common.errors import WorkbenchError
-from workbench.evals.data import resolve_data_dir, sha256_file
+from workbench.common.files import atomic_path, sha256_file
 
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com"
 CHUNK = 1 << 16
@@ -236,12 +236,12 @@ def pull(
 
 
 def _download(url: str, target: Path, sha256: str, size: int, timeout: float, bar) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.part-", dir=target.parent)
-    tmp = Path(tmp_name)
+    # Streamed into a temporary file beside the target and hashed on the way; atomic_path
+    # renames it into place only if the block below finishes, i.e. the sha256 matched, and
+    # removes it otherwise.
     digest, got = hashlib.sha256(), 0
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as out:
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as response:
                     for block in iter(lambda: response.read(CHUNK), b""):
@@ -252,13 +252,8 @@ def _download(url: str, target: Path, sha256: str, size: int, timeout: float, ba
             except (urllib.error.URLError, OSError) as err:
                 reason = getattr(err, "reason", err)
                 raise DataPullError(f"{url}: download failed ({reason}); {target} left as it was") from None
-            out.flush()
-            os.fsync(out.fileno())
         if digest.hexdigest() != sha256:
             raise DataPullError(
                 f"{url}: sha256 mismatch for {target.name} (expected {sha256}, got {digest.hexdigest()}, "
                 f"{got} of {size} bytes); the download was discarded and {target} left as it was"
             )
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)

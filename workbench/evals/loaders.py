@@ -18,7 +18,8 @@ from typing import Callable
 
 import pandas as pd
 
-from workbench.evals.data import DataError, RowPolicy, read_text
+from workbench.common.errors import DataError
+from workbench.evals.data import RowPolicy, read_text
 
 LOADERS: dict[str, Callable[..., pd.DataFrame]] = {}
 
@@ -63,7 +64,7 @@ def _csv_rows(path: Path, policy: RowPolicy, delimiter: str, required: list[str]
         if len(row) != len(header):
             policy.bad(path, line, f"{len(row)} columns, expected {len(header)} ({', '.join(header)})")
             continue
-        record = dict(zip(header, row))
+        record = dict(zip(header, row, strict=True))
         empty = [c for c in required if not record[c].strip()]
         if empty:
             policy.bad(path, line, f"empty field(s) {', '.join(empty)}")

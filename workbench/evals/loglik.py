@@ -111,7 +111,7 @@ def loglikelihood(
     """Summed log-likelihood and token count of each ``(context, continuation)`` request.
 
     Args:
-        model: a :class:`~workbench.HookedLlama` (anything callable on a ``[batch, pos]`` token
+        model: a :class:`~workbench.models.hooked.HookedLlama` (anything callable on a ``[batch, pos]`` token
             tensor returning logits, with ``.tokenizer``).
         requests: ``(context, continuation)`` pairs.
         batch_tokens: padded tokens per forward pass (memory bound).
@@ -133,7 +133,7 @@ def loglikelihood(
     """
     add_bos = getattr(model, "tokenizer_adds_bos", None)
     encoded = [encode_pair(model.tokenizer, c, x, add_bos=add_bos) for c, x in requests]
-    for (context, continuation), enc in zip(requests, encoded):
+    for (context, _), enc in zip(requests, encoded, strict=True):
         if not enc.continuation:
             raise ValueError(f"empty continuation for context {context[-60:]!r}: nothing to score")
     results: list[tuple[float, int] | None] = [None] * len(encoded)
@@ -202,7 +202,7 @@ def _score_plain(model, encoded, order, results, batch_tokens, max_batch, advanc
         for b, row in enumerate(batch):
             # once per row: requests sharing a prefix read the same nodes
             logprobs = F.log_softmax(logits[b, : len(row.tokens)].float(), dim=-1)
-            for seq, path in zip(row.seqs, row.paths):
+            for seq, path in zip(row.seqs, row.paths, strict=True):
                 for i in users[seq]:
                     enc = encoded[i]
                     # logits at a node predict the next token: the context's last node onwards

@@ -1,22 +1,31 @@
-"""From loaded examples to scored samples and the metrics table.
+"""The log-likelihood suite kind: from a suite's examples to scored samples and the metrics table.
 
 ``render`` turns each example into a context and its choices with the suite's prompt template;
 ``score`` asks the log-likelihood scorer for every (context, choice) pair and builds the
 samples table (one row per example); ``metrics_table`` computes each metric overall and per
-category, with a seeded bootstrap CI and ``n``.
+category, with a seeded bootstrap CI and ``n``. ``run_loglik`` is the ``loglik`` row's runner in
+:data:`workbench.evals.kinds.KINDS`: it loads the examples (built in, or from the data
+directory), takes the seeded subset, scores and summarises.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
+from workbench.common.data_dir import resolve_data_dir
+from workbench.common.errors import DataError
 from workbench.evals import metrics as M
-from workbench.evals.data import DataError
+from workbench.evals.data import RowPolicy, describe_files, find_files
+from workbench.evals.kinds import KindRun
+from workbench.evals.loaders import LOADERS
 from workbench.evals.loglik import BATCH_TOKENS, loglikelihood
-from workbench.evals.suites import SuiteSpec
+from workbench.evals.options import EvalOptions
+from workbench.evals.result import METRIC_COLUMNS
+from workbench.evals.suites import SuiteSpec, builtin_examples
 
 # Metric name -> (function, sample columns passed to it as arrays, in order).
 METRICS: dict[str, tuple[Callable[..., float], tuple[str, ...]]] = {
@@ -35,8 +44,6 @@ METRICS: dict[str, tuple[Callable[..., float], tuple[str, ...]]] = {
     "pref_first": (M.pct_stereotype, ("ll_first", "ll_second")),
     "mean_ll_diff": (M._mean, ("ll_diff",)),
 }
-
-METRIC_COLUMNS = ["suite", "metric", "category", "value", "ci_low", "ci_high", "n"]
 
 
 def _format(template: str, example: dict, spec: SuiteSpec, what: str) -> str:
@@ -84,7 +91,7 @@ def score(model: Any, spec: SuiteSpec, examples: pd.DataFrame, *, progress: Any 
             bar.close()
 
     rows = []
-    for ex, (context, lists) in zip(examples.to_dict("records"), rendered):
+    for ex, (context, lists) in zip(examples.to_dict("records"), rendered, strict=True):
         per_list = [[next(scored) for _ in choices] for choices in lists]
         delim = str(spec.prompt.get("delimiter", " "))
         row = {
@@ -184,3 +191,30 @@ def _count(fn_name: str, part: pd.DataFrame) -> int:
     if subset and subset in part.columns:
         return int(part[subset].astype(bool).sum())
     return int(len(part))
+
+
+def load_examples(spec: SuiteSpec, options: EvalOptions) -> tuple[pd.DataFrame, dict[str, Any], RowPolicy]:
+    """A suite's examples in file order, the manifest's ``data``, and the rows skipped (in the policy)."""
+    policy = RowPolicy(options.errors)
+    if spec.builtin:
+        examples = pd.DataFrame(builtin_examples(spec))
+        examples.insert(0, "example_id", [f"{spec.name}:{i}" for i in examples.pop("id")])
+        if "category" not in examples:
+            examples["category"] = ""
+        return examples, {"dir": None, "files": describe_files(spec.path.parent, [spec.path])}, policy
+    root = resolve_data_dir(options.data_dir)
+    files = find_files(root, spec.dataset or spec.name, spec.files)
+    examples = LOADERS[spec.loader](files, policy, **spec.raw.get("loader_args", {}))
+    return examples, {"dir": str(root), "files": describe_files(root, files)}, policy
+
+
+def run_loglik(model: Any, spec: SuiteSpec, options: EvalOptions, params: dict[str, Any],
+               out: Path | None = None) -> KindRun:
+    """The ``loglik`` kind's runner (see :mod:`workbench.evals.kinds`); ``out`` is not needed."""
+    examples, data, policy = load_examples(spec, options)
+    if options.limit is not None and options.limit < len(examples):
+        examples = examples.sample(n=options.limit, random_state=options.seed).sort_index()
+    examples = examples.reset_index(drop=True)
+    samples = (options.score_examples or score)(model, spec, examples, progress=bool(options.progress))
+    metrics = metrics_table(spec, samples, seed=options.seed, n_boot=params["n_bootstrap"])
+    return KindRun(metrics, samples, data, policy.skipped)

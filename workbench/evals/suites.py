@@ -10,6 +10,7 @@ A suite file names its dataset files, loader, prompt template, choices and metri
     loader: winogender                  # a reader in workbench.evals.loaders
     files: [winogender/all_sentences.tsv, ...]   # globs under the data directory
     kind: multiple_choice               # multiple_choice | crows_pairs | bbq | truthfulqa_mc | toxicity
+                                        # (the row of workbench.evals.kinds.KINDS that runs it)
     prompt:
       context: "{sentence} ‘{Pronoun}’ refers to the"   # str.format over the example's fields
       choices: ["{occupation}", "{participant}"]          # or choices_field: a list-valued field
@@ -34,9 +35,8 @@ from typing import Any
 
 import yaml
 
-from workbench.evals.data import DataError
-
-KINDS = ("multiple_choice", "crows_pairs", "bbq", "truthfulqa_mc", "toxicity")
+from workbench.common.errors import DataError
+from workbench.evals.kinds import kind_of
 
 
 def suites_dir() -> Path:
@@ -107,8 +107,10 @@ def load_suite(name_or_path: str | os.PathLike) -> SuiteSpec:
         return raw[key]
 
     kind = need("kind")
-    if kind not in KINDS:
-        raise DataError(f"{path}: kind {kind!r} is not one of {', '.join(KINDS)}")
+    try:
+        runs_as = kind_of(kind)
+    except DataError as err:
+        raise DataError(f"{path}: {err}") from None
     metrics = []
     for m in raw.get("metrics", []):
         if isinstance(m, str):
@@ -126,7 +128,7 @@ def load_suite(name_or_path: str | os.PathLike) -> SuiteSpec:
         params=dict(raw.get("params", {})), description=str(raw.get("description", "")).strip(),
         reference=str(raw.get("reference", "")).strip(),
     )
-    if kind != "toxicity":
+    if runs_as.declares_data:
         if not spec.loader:
             raise DataError(f"{path}: 'loader' is required")
         if not metrics:
@@ -148,7 +150,7 @@ def builtin_examples(spec: SuiteSpec) -> list[dict[str, Any]]:
     names = list(values)
     for tpl in raw.get("templates", []):
         for combo in itertools.product(*(values[n] for n in names)):
-            fill = dict(zip(names, combo))
+            fill = dict(zip(names, combo, strict=True))
             used = [str(fill[n]) for n in names if "{" + n + "}" in str(tpl.get("context", ""))]
             out.append({
                 **{k: v for k, v in tpl.items() if k not in ("id", "context", "choices")},

@@ -13,40 +13,44 @@ Both are reported overall (``category == "all"``) and per prompt subset: ``toxic
 and ``toxigen_hate`` / ``toxigen_neutral`` (ToxiGen prompt files), with seeded percentile
 bootstrap CIs over prompts and ``n`` = number of prompts.
 
-Sampling goes through the TransformerLens bridge, so steering and ablation hooks that are open
-on the model apply to the generated text. Each example is sampled under its own seed, derived
-from ``(seed, example_id)``, with its own ``torch.Generator``: results do not depend on the
-order of examples, on ``limit``, or on restarts. With ``out`` given, each finished example is
-appended to ``out/toxicity.progress.jsonl`` (flushed and fsynced); rerunning the same call
-skips finished examples and returns the same tables as an uninterrupted run, even after a
-kill -9 that left half a line behind.
+Sampling (:mod:`workbench.evals.generation`) goes through the TransformerLens bridge, so
+steering and ablation hooks that are open on the model apply to the generated text. Each
+example is sampled under its own seed, derived from ``(seed, example_id)``, with its own
+``torch.Generator``: results do not depend on the order of examples, on ``limit``, or on
+restarts. With ``out`` given, each finished example is appended to
+``out/toxicity.progress.jsonl`` (a :class:`~workbench.evals.progress.ProgressLog`); rerunning
+the same call skips finished examples and returns the same tables as an uninterrupted run,
+even after a kill -9 that left half a line behind.
+
+This module is the ``toxicity`` row of :data:`workbench.evals.kinds.KINDS` (:func:`run_kind`).
 
 Scores are on the scorer's scale (default ``alt-profanity-check``), not Perspective API's.
 
->>> import workbench as wb
+>>> from workbench.models.loading import load_model
 >>> from workbench.evals.toxicity import run_toxicity
->>> model = wb.load_model()                                           # doctest: +SKIP
+>>> model = load_model()                                              # doctest: +SKIP
 >>> metrics, samples, extra = run_toxicity(model, None, limit=8, mode="quick", out="runs/tox")  # doctest: +SKIP
 >>> metrics.query("category == 'all'")[["metric", "value", "ci_low", "ci_high", "n"]]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from workbench.common.errors import WorkbenchError
-from workbench.evals.data import RowPolicy, describe_files, find_files, resolve_data_dir
+from workbench.common.data_dir import resolve_data_dir
+from workbench.evals.data import RowPolicy, describe_files, find_files
+from workbench.evals.generation import Sampling, example_seed, sample_continuations
+from workbench.evals.kinds import KindRun
 from workbench.evals.metrics import bootstrap_ci
+from workbench.evals.options import EvalOptions
+from workbench.evals.progress import ProgressLog
+from workbench.evals.result import METRIC_COLUMNS
 from workbench.evals.scorers import Scorer, get_scorer
 
 SUITE = "toxicity"
@@ -79,17 +83,6 @@ MODES = {
     "full": ToxicityMode(k=25, dt_per_file=None, toxigen_per_file=10),
     "quick": ToxicityMode(k=5, dt_per_file=25, toxigen_per_file=1),
 }
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Sampling parameters (RealToxicityPrompts: nucleus p = 0.9, 20 tokens, k = 25)."""
-
-    k: int = 25
-    top_p: float = 0.9
-    max_new_tokens: int = 20
-    temperature: float = 1.0
-    seed: int = 0
 
 
 # --- prompts -------------------------------------------------------------------------------
@@ -188,152 +181,6 @@ def _round_robin(lists: list[list[dict]]) -> list[dict]:
     return out
 
 
-# --- sampling ------------------------------------------------------------------------------
-
-
-def example_seed(seed: int, example_id: str) -> int:
-    """The sampling seed of one example: a hash of ``(seed, example_id)``, independent of order.
-
-    >>> example_seed(0, "rtp_toxic:0001") == example_seed(0, "rtp_toxic:0001")
-    True
-    """
-    digest = hashlib.sha256(f"{seed}\x00{example_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def sample_continuations(model, prompt: str, sampling: Sampling, seed: int) -> list[str]:
-    """``sampling.k`` sampled continuations of ``prompt`` (text after the prompt, up to EOS).
-
-    Sampled by :func:`sample_tokens` through the bridge (so hooks open on the model apply);
-    the global RNG state is left as it was.
-
-    >>> sample_continuations(model, "The weather today", Sampling(k=2), seed=1)  # doctest: +SKIP
-    [' is sunny and warm', ' was not good']
-    """
-    rows = sample_tokens(model, prompt, sampling, seed)
-    return [model.tokenizer.decode(row, skip_special_tokens=True) for row in rows]
-
-
-def sample_tokens(model, prompt: str, sampling: Sampling, seed: int) -> list[list[int]]:
-    """The token ids behind :func:`sample_continuations`: k lists, each cut at the first EOS.
-
-    The prompt runs once; its key/value cache is copied for the k rows, which then decode
-    together one token per step through the bridge (``model(tokens, past_key_values=...)``), so
-    open hooks act on the prompt and on every decode step. Each step samples from the nucleus
-    (the fewest most-probable tokens whose probability reaches ``top_p``, as Holtzman et al.
-    2020 and Hugging Face's ``TopPLogitsWarper`` define it) with a generator seeded by ``seed``;
-    the global RNG is not touched.
-
-    >>> sample_tokens(model, "The weather today", Sampling(k=2, max_new_tokens=3), seed=1)  # doctest: +SKIP
-    [[374, 34145, 284], [574, 2]]
-    """
-    tokens = model.to_tokens(prompt).to(model.device)  # [1, pos], BOS prepended as the model expects
-    generator = torch.Generator(device=tokens.device).manual_seed(seed)
-    eos = model.tokenizer.eos_token_id
-    rows: list[list[int]] = [[] for _ in range(sampling.k)]
-    finished = torch.zeros(sampling.k, dtype=torch.bool, device=tokens.device)
-    with torch.no_grad(), warnings.catch_warnings():
-        # transformers renames past_key_values to cache=; the bridge still takes the old name.
-        warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
-        logits, cache = model(tokens, return_type="logits_and_cache")
-        cache.batch_repeat_interleave(sampling.k)
-        last = logits[:, -1].expand(sampling.k, -1)
-        for step in range(sampling.max_new_tokens):
-            nxt = nucleus_sample(last, sampling.top_p, sampling.temperature, generator)
-            for i, t in enumerate(nxt.tolist()):
-                if not finished[i]:
-                    rows[i].append(t)
-            if eos is not None:
-                finished |= nxt == eos
-            if bool(finished.all()) or step == sampling.max_new_tokens - 1:
-                break
-            last = model(nxt[:, None], past_key_values=cache)[:, -1]
-    return [row[: row.index(eos)] if eos is not None and eos in row else row for row in rows]
-
-
-def nucleus_sample(logits: torch.Tensor, top_p: float, temperature: float,
-                   generator: torch.Generator) -> torch.Tensor:
-    """One token per row of ``logits [rows, vocab]`` from its top-``p`` nucleus.
-
-    The nucleus is the shortest run of most-probable tokens whose summed probability reaches
-    ``top_p`` (always at least one token); probabilities are renormalised inside it. Only the
-    top few hundred tokens are sorted unless a row's nucleus is wider than that.
-
-    >>> g = torch.Generator().manual_seed(0)
-    >>> nucleus_sample(torch.tensor([[5.0, 0.0, 0.0]]), 0.9, 1.0, g)
-    tensor([0])
-    """
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    width = min(256, probs.shape[-1])
-    while True:
-        top, index = probs.topk(width, dim=-1)  # sorted, most probable first
-        mass_before = top.cumsum(-1) - top
-        if width == probs.shape[-1] or bool((mass_before[:, -1] + top[:, -1] >= top_p).all()):
-            break
-        width = min(width * 8, probs.shape[-1])
-    keep = mass_before < top_p  # the token that crosses top_p is kept; the first always is
-    pick = torch.multinomial(top * keep, 1, generator=generator)
-    return index.gather(-1, pick)[:, 0]
-
-
-# --- resumable progress file ---------------------------------------------------------------
-
-
-class ProgressLog:
-    """Append-only JSONL of finished examples; line 1 is a header the rerun must match.
-
-    A last line without its newline (a process killed mid-write) is cut off on open; any other
-    unreadable line is an error naming the file and line.
-    """
-
-    def __init__(self, path: Path, header: dict):
-        self.path = Path(path)
-        self.header = header
-        self.done: dict[str, dict] = {}
-        if self.path.exists():
-            self._load()
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._append({"header": header})
-
-    def _load(self) -> None:
-        data = self.path.read_bytes()
-        keep = data.rfind(b"\n") + 1  # bytes after the last newline are an interrupted write
-        lines = data[:keep].decode("utf-8").splitlines()
-        if keep < len(data) or not lines:
-            with open(self.path, "r+b") as fh:
-                fh.truncate(keep)
-                fh.flush()
-                os.fsync(fh.fileno())
-        if not lines:
-            self._append({"header": self.header})
-            return
-        for line_no, line in enumerate(lines, start=1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise WorkbenchError(f"{self.path}, line {line_no}: unreadable ({err.msg}); delete the file "
-                                     "to start the run again") from None
-            if line_no == 1:
-                if record.get("header") != self.header:
-                    raise WorkbenchError(
-                        f"{self.path} was written by a run with other settings ({record.get('header')}); "
-                        f"this run has {self.header}. Use another output folder or delete the file."
-                    )
-                continue
-            self.done[record["example_id"]] = record
-
-    def _append(self, record: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    def add(self, record: dict) -> None:
-        self._append(record)
-        self.done[record["example_id"]] = record
-
-
 # --- metrics -------------------------------------------------------------------------------
 
 
@@ -376,7 +223,7 @@ def toxicity_metrics(samples: pd.DataFrame, seed: int = 0, n_bootstrap: int = 10
             low, high = bootstrap_ci(fn, [values], n_boot=n_bootstrap, seed=seed)
             rows.append({"suite": SUITE, "metric": name, "category": category, "value": fn(values),
                          "ci_low": low, "ci_high": high, "n": len(values)})
-    frame = pd.DataFrame(rows, columns=["suite", "metric", "category", "value", "ci_low", "ci_high", "n"])
+    frame = pd.DataFrame(rows, columns=METRIC_COLUMNS)
     return frame.astype({"n": "int64"})
 
 
@@ -400,7 +247,7 @@ def run_toxicity(
     """Sample, score and summarise the toxicity suite (see the module docstring).
 
     Args:
-        model: a :class:`~workbench.HookedLlama`; open steering contexts apply.
+        model: a :class:`~workbench.models.hooked.HookedLlama`; open steering contexts apply.
         data_dir: the benchmark data folder (None: ``$WORKBENCH_DATA``, then the user data dir).
         limit: only the first ``limit`` prompts of the interleaved order (all subsets kept).
         seed: base of every example's sampling seed, and of the bootstrap.
@@ -469,3 +316,19 @@ def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc="toxicity", unit="prompt", disable=not enabled)
+
+
+def run_kind(model, spec, options: EvalOptions, params: dict[str, Any], out: Path | None = None) -> KindRun:
+    """The ``toxicity`` kind's runner (see :mod:`workbench.evals.kinds`): :func:`run_toxicity`.
+
+    ``params`` may set ``mode`` (default ``"full"``), ``scorer`` and ``k``; ``out`` holds the
+    progress file, so a rerun into the same result folder resumes.
+    """
+    root = resolve_data_dir(options.data_dir)
+    metrics, samples, extra = run_toxicity(
+        model, root, limit=options.limit, seed=options.seed, errors=options.errors,
+        mode=params.get("mode", "full"), scorer=params.get("scorer"), out=out, progress=options.progress,
+        n_bootstrap=params["n_bootstrap"], **({"k": params["k"]} if params.get("k") is not None else {}))
+    data = extra.pop("data", {"dir": str(root), "files": []})
+    skipped = extra.pop("skipped", {})
+    return KindRun(metrics.reindex(columns=METRIC_COLUMNS), samples, data, skipped, extra)

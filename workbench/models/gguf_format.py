@@ -5,6 +5,9 @@ KeyError tracebacks, accepts any architecture it knows, and hands back a model f
 "quantized with gguf" that refuses ``save_pretrained``. Here we check the file first (magic,
 truncation, architecture, tensor set), let transformers dequantize, and copy the weights into a
 fresh, unflagged ``LlamaForCausalLM`` that can be saved as safetensors.
+
+The format's row in :data:`workbench.models.formats.FORMATS` is :func:`detect_gguf` (a ``.gguf``
+file, or a folder holding exactly one), :func:`locate_gguf` and :func:`load_gguf_format`.
 """
 
 from __future__ import annotations
@@ -23,15 +26,105 @@ import numpy as np
 import torch
 
 from workbench.common.errors import CheckpointError
+from workbench.common.files import atomic_path
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
+
+    from workbench.models.hooked import ModelSource
 
 SUPPORTED_ARCHITECTURE = "llama"
 _BLOCK_TENSORS = (
     "attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
     "ffn_norm", "ffn_gate", "ffn_up", "ffn_down",
 )  # fmt: skip
+
+
+def detect_gguf(source: str | Path | None) -> bool:
+    """Whether ``source`` is a ``.gguf`` file or a folder holding exactly one.
+
+    Args:
+        source: what was passed to ``load_model``.
+
+    Returns:
+        True for a GGUF file or such a folder.
+
+    >>> detect_gguf(None), detect_gguf("/nonexistent.gguf")
+    (False, False)
+    """
+    if source is None:
+        return False
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path.suffix == ".gguf"
+    return path.is_dir() and len(list(path.glob("*.gguf"))) == 1
+
+
+def locate_gguf(source: str | Path) -> Path:
+    """The GGUF file ``source`` names: the file itself, or the one ``.gguf`` in a folder.
+
+    >>> locate_gguf("model.Q4_1.gguf")
+    PosixPath('model.Q4_1.gguf')
+    """
+    path = Path(source).expanduser()
+    return sorted(path.glob("*.gguf"))[0] if path.is_dir() else path
+
+
+def gguf_near_miss(path: Path) -> str | None:
+    """Why a file that matched no format is not loaded: only GGUF checkpoints are single files.
+
+    >>> gguf_near_miss(Path(__file__))
+    'a single file must be a .gguf; for other formats pass the folder'
+    """
+    if path.is_file() and path.suffix != ".gguf":
+        return "a single file must be a .gguf; for other formats pass the folder"
+    return None
+
+
+def load_gguf_format(
+    path: str | Path, *, dtype: torch.dtype, placement: dict | None = None, verify: bool = True
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase, ModelSource]:
+    """The format registry's loader for GGUF files: the folder's checklist first, then the file.
+
+    Args:
+        path: the ``.gguf`` file.
+        dtype: dtype of the dequantized weights.
+        placement: unused; the model is built on the CPU and ``load_model`` places it.
+        verify: check the checklists in the file's folder when present.
+
+    Returns:
+        ``(model, tokenizer, source)``.
+
+    >>> model, tokenizer, source = load_gguf_format("model.Q4_1.gguf", dtype=torch.float32)  # doctest: +SKIP
+    >>> source.format, source.name  # doctest: +SKIP
+    ('gguf', 'model.Q4_1.gguf')
+    """
+    from workbench.models.verify import checked_source  # pandas; read_gguf_metadata needs none of it
+
+    path = Path(path)
+    source = checked_source("gguf", path, verify=verify)
+    model, tokenizer = load_gguf(path, dtype=dtype)
+    return model, _reopenable(tokenizer, path, source.fingerprint), source
+
+
+def _reopenable(tokenizer: PreTrainedTokenizerBase, path: Path, fingerprint: str) -> PreTrainedTokenizerBase:
+    """The tokenizer, saved once as Hugging Face files and read back from them.
+
+    TransformerLens re-opens the tokenizer from its ``name_or_path`` to get a copy that always
+    prepends BOS; one read from a GGUF names the private folder it was read through, which is
+    gone by then. Tokenizer files are small, so they are cached beside the embedded model's.
+    """
+    from transformers import AutoTokenizer
+
+    from workbench.models.embedded import cache_root
+
+    folder = cache_root() / f"gguf-tokenizer-{fingerprint[:16]}"
+    if not (folder / "tokenizer_config.json").is_file():
+        with atomic_path(folder, directory=True) as tmp:
+            tokenizer.save_pretrained(tmp)
+    reopened = AutoTokenizer.from_pretrained(folder)
+    reopened.name_or_path = str(path)
+    return reopened
 
 
 def read_gguf_metadata(path: str | Path) -> dict[str, Any]:

@@ -87,7 +87,9 @@ class HookedLlama:
             **kwargs: passed to ``TransformerBridge.run_with_cache``.
         """
         if names_filter is not None and not callable(names_filter):
-            names_filter = select_hooks(self, names_filter, strict=False)
+            # A predicate, not a list: given a list the bridge also caches each hook's aliases.
+            chosen = set(select_hooks(self, names_filter, strict=False))
+            names_filter = chosen.__contains__
         return self.bridge.run_with_cache(input, names_filter=names_filter, **kwargs)
 
     def run_with_hooks(self, input: Any, fwd_hooks=(), bwd_hooks=(), **kwargs: Any):

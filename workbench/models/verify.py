@@ -5,6 +5,13 @@ ship ``sha256sum`` output instead. We check whichever is present, file by file, 
 that each weight file is structurally whole (a safetensors header that fits the file, a GGUF
 whose tensors fit the file, a ``.pth`` zip whose central directory is readable), which catches
 truncated downloads even without a checklist.
+
+``load_model`` runs the checklist part before it reads a single weight
+(:func:`checklist_status`, through :func:`checked_source`), so a corrupt or tampered shard is
+refused before it is unpickled.
+
+>>> checklist_status("/nonexistent")
+'no checklist'
 """
 
 from __future__ import annotations
@@ -15,10 +22,15 @@ import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from workbench.common.errors import CheckpointError
+from workbench.common.errors import CheckpointError, ChecksumError
+from workbench.common.files import sha256_file
+
+if TYPE_CHECKING:
+    from workbench.models.hooked import ModelSource
 
 CHUNK = 8 << 20
 WEIGHT_SUFFIXES = (".pth", ".bin", ".safetensors", ".gguf")
@@ -124,7 +136,24 @@ def _check_hash(file: Path, name: str, algorithm: str, expected: str, progress: 
 
 
 def file_digest(file: Path, algorithm: str = "sha256", *, progress: bool = False) -> str:
-    """Hex digest of a file, read in chunks so multi-GB shards do not fill memory."""
+    """Hex digest of a file, read in chunks so multi-GB shards do not fill memory.
+
+    Args:
+        file: the file to hash.
+        algorithm: a ``hashlib`` name; ``"md5"`` for Meta's ``checklist.chk``.
+        progress: show a progress bar (hashing a 13 GB shard takes a while).
+
+    Returns:
+        The lower-case hex digest.
+
+    >>> import tempfile, pathlib
+    >>> file = pathlib.Path(tempfile.mkdtemp()) / "f"
+    >>> _ = file.write_bytes(b"abc")
+    >>> file_digest(file, "md5")
+    '900150983cd24fb0d6963f7d28e17f72'
+    """
+    if algorithm == "sha256" and not progress:
+        return sha256_file(file)
     h = hashlib.new(algorithm)
     bar = None
     if progress:
@@ -142,7 +171,17 @@ def file_digest(file: Path, algorithm: str = "sha256", *, progress: bool = False
 
 
 def structure_problem(file: Path) -> str | None:
-    """Why a weight file is structurally broken (truncated, bad header), or None if whole."""
+    """Why a weight file is structurally broken (truncated, bad header), or None if whole.
+
+    Args:
+        file: a ``.safetensors``, ``.gguf``, ``.pth`` or ``.bin`` file (others pass).
+
+    Returns:
+        A short reason (``"truncated: no header"`` ...), or None.
+
+    >>> structure_problem(Path("model.safetensors"))  # doctest: +SKIP
+    'truncated: tensor data needs 1048584 bytes, file has 524292'
+    """
     try:
         if file.suffix == ".safetensors":
             return _safetensors_problem(file)
@@ -188,6 +227,15 @@ def checkpoint_fingerprint(path: str | Path) -> str:
 
     Full hashes of a 130 GB checkpoint take minutes; this takes milliseconds and changes when
     any file is renamed, resized or rewritten at its start (where headers live).
+
+    Args:
+        path: a checkpoint folder or a single file.
+
+    Returns:
+        A sha256 hex digest.
+
+    >>> len(checkpoint_fingerprint("llama/7B"))  # doctest: +SKIP
+    64
     """
     path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -197,3 +245,64 @@ def checkpoint_fingerprint(path: str | Path) -> str:
         with open(file, "rb") as f:
             h.update(f.read(1 << 20))
     return h.hexdigest()
+
+
+def checklist_status(path: str | Path, *, verify: bool = True) -> str:
+    """Check a checkpoint against the checklists beside it, before it is loaded.
+
+    Args:
+        path: a checkpoint folder, or a single weight file (its folder's checklists count).
+        verify: False to skip the check (the status then says so).
+
+    Returns:
+        ``"verified"``, ``"skipped"`` (a checklist exists but ``verify`` is False) or
+        ``"no checklist"``.
+
+    Raises:
+        ChecksumError: a file is missing, differs from its checklist entry or is truncated;
+            the message names every such file.
+
+    >>> checklist_status("/nonexistent")
+    'no checklist'
+    """
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    if not find_checklists(folder):
+        return "no checklist"
+    if not verify:
+        return "skipped"
+    bad = verify_checkpoint(folder).failures()
+    if bad:
+        listing = "; ".join(f"{c.file}: {c.status} {c.detail}".strip() for c in bad)
+        raise ChecksumError(f"{folder}: integrity check failed: {listing}")
+    return "verified"
+
+
+def checked_source(
+    format: str, path: str | Path, *, verify: bool = True, details: dict[str, Any] | None = None
+) -> ModelSource:
+    """The provenance of a local checkpoint: its checklist checked, then its fingerprint.
+
+    Every local format's loader calls this before it reads any weight.
+
+    Args:
+        format: the format's name in ``workbench.models.formats.FORMATS``.
+        path: the checkpoint folder or file.
+        verify: check the checklists (see :func:`checklist_status`).
+        details: format-specific facts for ``ModelSource.details``.
+
+    Returns:
+        A :class:`~workbench.models.hooked.ModelSource` named after the file or folder.
+
+    Raises:
+        ChecksumError: the checklist check failed.
+
+    >>> checked_source("hf", "llama-7b-hf").checksum_status  # doctest: +SKIP
+    'verified'
+    """
+    # Imported here: hooked pulls in TransformerLens, which `workbench verify` does not need.
+    from workbench.models.hooked import ModelSource
+
+    path = Path(path)
+    status = checklist_status(path, verify=verify)
+    return ModelSource(format, str(path), path.name, checkpoint_fingerprint(path), status, dict(details or {}))

@@ -2,20 +2,25 @@
 
 - :func:`patch_sweep`: exact activation patching over (layer, position) or (layer, head) cells,
   batched and resumed from the patched layer; equal to TransformerLens's ``get_act_patch_*``.
+  :func:`patched_logits` re-runs one cell (or a few together) as one forward.
 - :func:`attribution_patch`: the gradient estimate of every cell from three passes.
 - ``model.steer`` / ``model.ablate`` / ``model.ablate_heads`` / ``model.ablate_neurons``:
   temporary interventions (:mod:`workbench.models.interventions`).
 - :func:`dose_response`: a metric against steering strength, with a placebo direction.
 - metrics: :func:`logit_diff`, :func:`token_prob`, :func:`kl_to_clean`, or any
-  ``logits -> number`` callable.
+  ``logits -> number`` callable; results: :class:`PatchResult` (``result.py``).
+- sites (``SITES``, ``Site``) and the interventions are the ground floor's
+  (:mod:`workbench.models.sites`, :mod:`workbench.models.interventions`), re-exported here.
 """
 
+from workbench.common.errors import PatchingError
+from workbench.models.interventions import ablate, ablate_heads, ablate_neurons, steer
+from workbench.models.sites import SITES, Site
 from workbench.patching.attribution import attribution_agreement, attribution_patch
 from workbench.patching.dose import DoseResponse, dose_response
-from workbench.patching.metrics import PatchingError, kl_to_clean, logit_diff, token_prob
-from workbench.models.sites import SITES, Site
-from workbench.models.interventions import ablate, ablate_heads, ablate_neurons, steer
-from workbench.patching.sweep import PatchResult, patch_sweep, token_alignment
+from workbench.patching.metrics import kl_to_clean, logit_diff, token_prob
+from workbench.patching.result import PatchResult
+from workbench.patching.sweep import patch_sweep, patched_logits, token_alignment
 
 __all__ = [
     "DoseResponse",
@@ -32,6 +37,7 @@ __all__ = [
     "kl_to_clean",
     "logit_diff",
     "patch_sweep",
+    "patched_logits",
     "steer",
     "token_alignment",
     "token_prob",

@@ -17,9 +17,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench.patching.metrics import Metric, PatchingError, evaluate_metric
+from workbench.common.errors import PatchingError
 from workbench.models.sites import get_site
-from workbench.patching.sweep import PatchResult, normalise, paired_tokens, MODES
+from workbench.patching.metrics import Metric, evaluate_metric
+from workbench.patching.result import MODES, PatchResult
+from workbench.patching.sweep import paired_tokens
 
 
 def attribution_patch(
@@ -100,24 +102,11 @@ def attribution_patch(
             else:
                 per_layer.append(delta.sum(dim=(0, 3)))            # [pos, head]
         change = torch.stack(per_layer).cpu()
-        raw = base_value + change
-        n_pos = clean_tokens.shape[1]
-        results[info.name] = PatchResult(
-            values=normalise(raw, clean_value, corrupt_value, mode),
-            raw=raw,
-            site=info.name,
-            axes=info.axes,
-            mode=mode,
-            method="attribution",
-            clean_value=clean_value,
-            corrupt_value=corrupt_value,
-            layers=layers,
-            positions=list(range(n_pos)) if "pos" in info.axes else [],
-            heads=list(range(model.cfg.n_heads)) if "head" in info.axes else [],
-            clean_tokens=model.to_str_tokens(clean_tokens[0]),
-            corrupt_tokens=model.to_str_tokens(corrupt_tokens[0]),
-            metric_name=getattr(metric, "__name__", "metric"),
-        )
+        results[info.name] = PatchResult.from_raw(
+            model, base_value + change, site=info, mode=mode, method="attribution", metric=metric,
+            clean_value=clean_value, corrupt_value=corrupt_value, clean_tokens=clean_tokens,
+            corrupt_tokens=corrupt_tokens, layers=layers, positions=range(clean_tokens.shape[1]),
+            heads=range(model.cfg.n_heads))
     return results
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from workbench.patching.metrics import PatchingError
+from workbench.common.errors import PatchingError
 from workbench.models.interventions import steer, unit_vector
 
 

@@ -17,94 +17,21 @@ It computes the same numbers as TransformerLens's patching functions, faster:
 
 from __future__ import annotations
 
-import json
-import math
 import numbers
-import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from workbench.patching.metrics import Metric, PatchingError, evaluate_metric
-from workbench.patching.runs import RecordedRun
+from workbench.common.errors import PatchingError
 from workbench.models.sites import Site, get_site
+from workbench.patching.metrics import Metric, evaluate_metric
+from workbench.patching.result import MODES, PatchResult
+from workbench.patching.runs import RecordedRun
 
-MODES = ("denoise", "noise")
 # Logits dominate the memory of a batched run: keep one chunk's logits under this many bytes.
 _LOGITS_BUDGET_BYTES = 256 * 2**20
-
-
-@dataclass
-class PatchResult:
-    """A patching table: one value per (layer, position) or (layer, head) cell.
-
-    Attributes:
-        values: normalised effect ``[layers, positions]``, ``[layers, heads]`` or
-            ``[layers, positions, heads]``. Denoising: 1 = the patch restores the clean
-            metric fully, 0 = no effect. Noising: 1 = the patch alone turns the clean
-            metric into the corrupted one, 0 = no effect.
-        raw: the metric itself for every cell (what TransformerLens's functions return).
-        site, axes, mode, method: what was patched, along which axes, which way
-            ("denoise"/"noise"), and how ("exact" or "attribution").
-        clean_value, corrupt_value: the metric on the unpatched clean and corrupted runs.
-        layers, positions, heads: the index of each row / column of ``values``.
-        clean_tokens, corrupt_tokens: the first prompt pair's tokens, for labels.
-        metric_name: the metric's ``__name__``.
-    """
-
-    values: torch.Tensor
-    raw: torch.Tensor
-    site: str
-    axes: tuple[str, ...]
-    mode: str
-    method: str
-    clean_value: float
-    corrupt_value: float
-    layers: list[int]
-    positions: list[int] = field(default_factory=list)
-    heads: list[int] = field(default_factory=list)
-    clean_tokens: list[str] = field(default_factory=list)
-    corrupt_tokens: list[str] = field(default_factory=list)
-    metric_name: str = "metric"
-
-    @property
-    def frame(self) -> pd.DataFrame:
-        """Tidy table, one row per cell: layer, [pos, token, corrupt_token], [head], value, raw."""
-        axes = [self.layers] + [self.positions if a == "pos" else self.heads for a in self.axes]
-        index = pd.MultiIndex.from_product(axes, names=("layer",) + self.axes).to_frame(index=False)
-        index["value"] = self.values.reshape(-1).tolist()
-        index["raw"] = self.raw.reshape(-1).tolist()
-        if "pos" in self.axes:
-            index.insert(2, "token", [self.clean_tokens[p] for p in index["pos"]])
-            index.insert(3, "corrupt_token", [self.corrupt_tokens[p] for p in index["pos"]])
-        return index
-
-    def top(self, k: int = 10) -> pd.DataFrame:
-        """The ``k`` cells with the largest absolute effect."""
-        frame = self.frame
-        return frame.reindex(frame["value"].abs().sort_values(ascending=False).index).head(k)
-
-    def plot(self, title: str | None = None):
-        """Plotly heatmap with token labels (see :func:`workbench.viz.patching.patch_figure`)."""
-        from workbench.viz.patching import patch_figure
-
-        return patch_figure(self, title=title)
-
-    def save(self, folder: str | Path) -> Path:
-        """Write ``table.csv`` (the tidy frame), ``values.pt`` and ``result.json`` to ``folder``."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.frame.to_csv(folder / "table.csv", index=False)
-        torch.save({"values": self.values, "raw": self.raw}, folder / "values.pt")
-        meta = {k: getattr(self, k) for k in ("site", "axes", "mode", "method", "clean_value", "corrupt_value",
-                                               "layers", "positions", "heads", "clean_tokens", "corrupt_tokens",
-                                               "metric_name")}
-        (folder / "result.json").write_text(json.dumps(meta, indent=2))
-        return folder
 
 
 def patch_sweep(
@@ -183,38 +110,52 @@ def patch_sweep(
         bar.close()
 
     shape = [len(layers)] + [len(positions) if a == "pos" else len(heads) for a in site_info.axes]
-    raw = raw.reshape(shape)
-    return PatchResult(
-        values=normalise(raw, clean_value, corrupt_value, mode),
-        raw=raw,
-        site=site,
-        axes=site_info.axes,
-        mode=mode,
-        method="exact",
-        clean_value=clean_value,
-        corrupt_value=corrupt_value,
-        layers=layers,
-        positions=positions if "pos" in site_info.axes else [],
-        heads=heads if "head" in site_info.axes else [],
-        clean_tokens=model.to_str_tokens(clean_tokens[0]),
-        corrupt_tokens=model.to_str_tokens(corrupt_tokens[0]),
-        metric_name=getattr(metric, "__name__", "metric"),
-    )
+    return PatchResult.from_raw(model, raw.reshape(shape), site=site_info, mode=mode, method="exact", metric=metric,
+                                clean_value=clean_value, corrupt_value=corrupt_value, clean_tokens=clean_tokens,
+                                corrupt_tokens=corrupt_tokens, layers=layers, positions=positions, heads=heads)
 
 
-def normalise(raw: torch.Tensor, clean_value: float, corrupt_value: float, mode: str) -> torch.Tensor:
-    """Map metric values to 1 = full effect, 0 = none (see :class:`PatchResult`)."""
-    gap = clean_value - corrupt_value
-    if not math.isfinite(gap) or abs(gap) < 1e-8:
-        warnings.warn(
-            f"the metric is the same on the clean and corrupted runs ({clean_value:.6g}); "
-            "normalised values are undefined (NaN). The raw metric is in `.raw`.",
-            stacklevel=3,
-        )
-        return torch.full_like(raw, float("nan"))
-    if mode == "denoise":
-        return (raw - corrupt_value) / gap
-    return (clean_value - raw) / gap
+def patched_logits(model, clean, corrupt, site: str, layer: int, cells: Sequence[Sequence[int]], *,
+                   mode: str = "denoise") -> torch.Tensor:
+    """Logits of one run with some cells of one layer patched: a single cell of a sweep, re-run.
+
+    The run :func:`patch_sweep` makes for a cell (denoising: the corrupted prompts with the clean
+    activation written in; noising: the reverse), as one full forward with the same in-place
+    hook, so ``metric(patched_logits(...))`` equals the sweep's ``raw`` value of that cell (to
+    rounding: the sweep resumes from the patched block).
+    Several cells are patched together (every head at one position, say).
+
+    Args:
+        model, clean, corrupt, mode: as in :func:`patch_sweep`.
+        site: a site name (``workbench.models.sites.SITES``).
+        layer: the patched layer.
+        cells: index tuples along the site's axes: ``(pos,)``, ``(head,)`` or ``(pos, head)``.
+
+    Returns:
+        Logits ``[batch, pos, d_vocab]``.
+
+    >>> logits = patched_logits(model, clean, corrupt, "resid_pre", layer=3, cells=[(5,)])  # doctest: +SKIP
+    """
+    site_info = get_site(site)
+    if mode not in MODES:
+        raise PatchingError(f"mode={mode!r}; use one of {MODES}")
+    clean_tokens, corrupt_tokens = paired_tokens(model, clean, corrupt)
+    layer = _check_indices("layer", [layer], model.cfg.n_layers)[0]
+    sizes = {"pos": clean_tokens.shape[1], "head": model.cfg.n_heads}
+    checked = []
+    for cell in cells:
+        cell = tuple(cell)
+        if len(cell) != len(site_info.axes):
+            raise PatchingError(f"cell {cell}: site {site!r} has axes {site_info.axes}, one index each")
+        checked.append(tuple(_check_indices(axis, [i], sizes[axis])[0] for axis, i in zip(site_info.axes, cell, strict=True)))
+    base, source = (corrupt_tokens, clean_tokens) if mode == "denoise" else (clean_tokens, corrupt_tokens)
+    hook = site_info.hook_name(layer)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(source, names_filter=[hook])
+        # One hook per cell, composed in one forward: each writes its own cell into every prompt.
+        hooks = [(hook, _patch_hook(site_info, [cell], cache[hook], base.shape[0])) for cell in checked]
+        with model.hooks(hooks):
+            return model(base)
 
 
 def paired_tokens(model, clean, corrupt) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,7 +204,7 @@ def token_alignment(model, clean, corrupt) -> pd.DataFrame:
     if len(clean) != len(corrupt):
         raise PatchingError(f"{len(clean)} clean prompts but {len(corrupt)} corrupted ones")
     rows = []
-    for pair, (a, b) in enumerate(zip(clean, corrupt)):
+    for pair, (a, b) in enumerate(zip(clean, corrupt, strict=True)):
         ta, tb = model.to_str_tokens(a), model.to_str_tokens(b)
         for pos in range(max(len(ta), len(tb))):
             x = ta[pos] if pos < len(ta) else ""

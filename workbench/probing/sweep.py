@@ -24,9 +24,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench.probing.concepts import Concept, load
+from workbench.probing.concepts import Concept, load_concept
 from workbench.models.direction import Direction
-from workbench.probing.estimators import MassMeanProbe, RidgeProbe, decision_layers, fit_logistic_layers
+from workbench.probing.estimators import MassMeanProbe, RidgeProbe
+from workbench.probing.logistic import decision_layers, fit_logistic_layers
 
 METHODS = ("logistic", "mass_mean", "ridge")
 
@@ -123,7 +124,7 @@ def probe_sweep(
         C: inverse L2 strength of the logistic probe; ``alpha``: ridge penalty.
         n_bootstrap: bootstrap resamples (over groups) for the CIs.
         seed: seeds fold assignment, control labels, random directions and the bootstrap.
-        limit: subsample the concept to this many examples (balanced; see ``concepts.load``).
+        limit: subsample the concept to this many examples (balanced; see ``load_concept``).
 
     Returns:
         A :class:`ProbeResult`.
@@ -136,7 +137,7 @@ def probe_sweep(
     if method not in METHODS:
         raise ValueError(f"method={method!r}: use one of {METHODS}")
     if isinstance(concept, str):
-        concept = load(concept, data_dir=data_dir, limit=limit, seed=seed)
+        concept = load_concept(concept, data_dir=data_dir, limit=limit, seed=seed)
     elif limit is not None:
         raise ValueError("limit applies when loading a concept by name; subsample the Concept yourself")
     frame = concept.frame.reset_index(drop=True)

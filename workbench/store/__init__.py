@@ -1,4 +1,9 @@
-"""Activation caching: in memory or streamed to disk, resumable, memory-mapped on read."""
+"""Activation caching: in memory or streamed to disk, resumable, memory-mapped on read.
+
+``writer.py`` (:func:`cache_activations`: running the model), ``plan.py`` (tokenising,
+positions, shards), ``format.py`` (the on-disk format and the sinks that write it) and
+``store.py`` (:class:`ActivationStore`: reading).
+"""
 
 from workbench.store.store import ActivationStore, ShardedArray, StoreError
 from workbench.store.writer import cache_activations

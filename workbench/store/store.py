@@ -1,6 +1,6 @@
 """Reading an activation store: memory-mapped ``.npy`` shards behind one array-like per hook.
 
-On disk (see ``writer.py`` for how it is written)::
+On disk (see ``format.py`` for how it is written)::
 
     runs/acts/
       manifest.json          configuration + the list of complete shards (never a partial one)

@@ -1,8 +1,8 @@
 """Eval dashboard: suites x metrics with CIs, a category filter, the examples behind the numbers.
 
 Over one saved run, or two compared side by side (e.g. before and after steering): runs are
-``EvalResult`` / ``SuiteResult`` objects or their folders (the on-disk format of
-:mod:`workbench.evals`). The drill-down table ranks the examples that drive a suite's numbers
+``EvalResult`` / ``SuiteResult`` objects or their folders, read with the one reader
+(:func:`workbench.evals.result.load_run`). The drill-down table ranks the examples that drive a suite's numbers
 (the most stereotyped CrowS-Pairs pairs, the most confidently wrong answers, the most toxic
 continuations) with their per-choice log-likelihoods; with two runs, each row also shows the
 other run's value for the same ``example_id``.
@@ -11,7 +11,6 @@ other run's value for the same ``example_id``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import ipywidgets as w
@@ -19,38 +18,32 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from workbench.evals.result import EvalResult, SuiteResult, load_run
 from workbench.evals.suites import is_preference_suite
 from workbench.viz._common import escape, guarded, refresh, set_status
-from workbench.viz.evals import _HOVER, _error_bars, _hover, eval_category_figure, eval_metrics_figure
+from workbench.viz.evals import (
+    CI_HOVERTEMPLATE,
+    ci_customdata,
+    ci_error_bars,
+    eval_category_figure,
+    eval_metrics_figure,
+)
 
 ALL = "(all categories)"
 _COLOURS = ("#1f77b4", "#ff7f0e")
 
 
-@dataclass
-class _Suite:
-    metrics: pd.DataFrame
-    samples: pd.DataFrame
-    manifest: dict
-
-
-def load_runs(run: Any) -> dict[str, _Suite]:
-    """Suite name -> tables, from an ``EvalResult``, a ``SuiteResult`` or a saved folder of either.
+def load_runs(run: Any) -> dict[str, EvalResult]:
+    """Suite name -> result, from an ``EvalResult``, a ``SuiteResult`` or a saved folder of either.
 
     >>> suites = load_runs("runs/quick")                              # doctest: +SKIP
     """
-    from workbench.evals.result import EvalResult, SuiteResult
-
-    if isinstance(run, EvalResult):
-        name = run.suite or (str(run.metrics["suite"].iloc[0]) if len(run.metrics) else "suite")
-        return {name: _Suite(run.metrics, run.samples, run.manifest)}
-    if isinstance(run, SuiteResult):
-        return {name: _Suite(r.metrics, r.samples, r.manifest) for name, r in run.results.items()}
     if isinstance(run, (str, os.PathLike)):
-        from workbench.evals.report import load_run
-
-        _, suites, _ = load_run(run)
-        return {s.name: _Suite(s.metrics, s.samples, s.manifest) for s in suites}
+        run = load_run(run)
+    if isinstance(run, EvalResult):
+        return {run.suite or "suite": run}
+    if isinstance(run, SuiteResult):
+        return dict(run.results)
     raise TypeError(f"run: expected an EvalResult, a SuiteResult or a run folder, got {type(run).__name__}")
 
 
@@ -67,7 +60,7 @@ def _json_safe(fig: go.Figure) -> go.Figure:
     return fig
 
 
-def _metrics(suites: Mapping[str, _Suite]) -> pd.DataFrame:
+def _metrics(suites: Mapping[str, EvalResult]) -> pd.DataFrame:
     return pd.concat([s.metrics for s in suites.values()], ignore_index=True)
 
 
@@ -83,9 +76,10 @@ def compare_metrics_figure(tables: Mapping[str, pd.DataFrame],
     fig = go.Figure()
     for i, (label, metrics) in enumerate(tables.items()):
         rows = metrics[metrics["category"] == "all"]
-        x = [escape(f"{s}: {m}") for s, m in zip(rows["suite"], rows["metric"])]
+        x = [escape(f"{s}: {m}") for s, m in zip(rows["suite"], rows["metric"], strict=True)]
         fig.add_trace(go.Bar(x=x, y=rows["value"], name=escape(label), marker_color=_COLOURS[i % 2],
-                             error_y=_error_bars(rows), customdata=_hover(rows), hovertemplate=_HOVER))
+                             error_y=ci_error_bars(rows), customdata=ci_customdata(rows),
+                             hovertemplate=CI_HOVERTEMPLATE))
     fig.update_layout(title=title, barmode="group", template="plotly_white", yaxis_title="value", legend_title="run")
     return fig
 
@@ -108,8 +102,8 @@ def compare_category_figure(tables: Mapping[str, pd.DataFrame], metric: str, sui
             rows = rows[rows["category"].isin(["all", *categories])]
         rows = pd.concat([rows[rows["category"] == "all"], rows[rows["category"] != "all"]])
         fig.add_trace(go.Bar(x=[escape(c) for c in rows["category"]], y=rows["value"], name=escape(label),
-                             marker_color=_COLOURS[i % 2], error_y=_error_bars(rows), customdata=_hover(rows),
-                             hovertemplate=_HOVER))
+                             marker_color=_COLOURS[i % 2], error_y=ci_error_bars(rows), customdata=ci_customdata(rows),
+                             hovertemplate=CI_HOVERTEMPLATE))
     fig.update_layout(title=escape(f"{suite}: {metric} by category (95% bootstrap CI)"), barmode="group",
                       template="plotly_white", yaxis_title=escape(metric), xaxis_title="category",
                       legend_title="run")
@@ -211,7 +205,7 @@ def drilldown_html(frame: pd.DataFrame, compare: Mapping[str, float] | None = No
 def _scores(samples: pd.DataFrame, suite: str, preference: bool) -> dict[str, float]:
     """example_id -> ranking score for every example (any sign): the other run's column."""
     _, frame, _ = _scored(samples, suite, preference)
-    return dict(zip(frame["example_id"], frame["score"]))
+    return dict(zip(frame["example_id"], frame["score"], strict=True))
 
 
 class EvalDashboard(w.VBox):

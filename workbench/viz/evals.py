@@ -2,7 +2,9 @@
 
 They read the tidy tables of an ``EvalResult`` / ``SuiteResult`` (``metrics``: suite, metric,
 category, value, ci_low, ci_high, n; toxicity ``samples``: category, max_score), so the HTML
-report and notebook widgets draw the same figures. Category names come from data files and
+report (:mod:`workbench.viz.report`) and the eval dashboard draw the same figures, with the
+same CI error bars and hover text (:func:`ci_error_bars`, :func:`ci_customdata`,
+:data:`CI_HOVERTEMPLATE`). Category names come from data files and
 are escaped before they reach plotly (see :mod:`workbench.viz._common`).
 """
 
@@ -15,18 +17,25 @@ import plotly.graph_objects as go
 from workbench.viz._common import escape
 
 
-def _error_bars(rows: pd.DataFrame) -> dict:
+def ci_error_bars(rows: pd.DataFrame) -> dict:
+    """Plotly ``error_y`` for metric rows: the 95% CI around ``value`` (none where it is NaN).
+
+    >>> ci_error_bars(pd.DataFrame({"value": [0.5], "ci_low": [0.25], "ci_high": [0.75]}))["array"]
+    array([0.25])
+    """
     value = rows["value"].to_numpy(dtype=float)
     high = np.nan_to_num(rows["ci_high"].to_numpy(dtype=float) - value, nan=0.0)
     low = np.nan_to_num(value - rows["ci_low"].to_numpy(dtype=float), nan=0.0)
     return {"type": "data", "symmetric": False, "array": high, "arrayminus": low}
 
 
-def _hover(rows: pd.DataFrame) -> np.ndarray:
+def ci_customdata(rows: pd.DataFrame) -> np.ndarray:
+    """``[ci_low, ci_high, n]`` per metric row, the ``customdata`` :data:`CI_HOVERTEMPLATE` reads."""
     return rows[["ci_low", "ci_high", "n"]].to_numpy(dtype=float)
 
 
-_HOVER = "%{y:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}], n=%{customdata[2]:.0f}<extra></extra>"
+# A metric bar's hover text: value [CI], n (from ci_customdata).
+CI_HOVERTEMPLATE = "%{y:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}], n=%{customdata[2]:.0f}<extra></extra>"
 
 
 def eval_metrics_figure(metrics: pd.DataFrame, title: str = "headline metrics (95% bootstrap CI)") -> go.Figure:
@@ -41,7 +50,8 @@ def eval_metrics_figure(metrics: pd.DataFrame, title: str = "headline metrics (9
     fig = go.Figure()
     for suite, part in rows.groupby("suite", sort=False):
         fig.add_trace(go.Bar(x=[escape(m) for m in part["metric"]], y=part["value"], name=escape(suite),
-                             error_y=_error_bars(part), customdata=_hover(part), hovertemplate=_HOVER))
+                             error_y=ci_error_bars(part), customdata=ci_customdata(part),
+                             hovertemplate=CI_HOVERTEMPLATE))
     fig.update_layout(title=title, barmode="group", template="plotly_white", yaxis_title="value",
                       legend_title="suite")
     return fig
@@ -65,7 +75,8 @@ def eval_category_figure(metrics: pd.DataFrame, metric: str, suite: str | None =
     rows = pd.concat([rows[rows["category"] == "all"], rows[rows["category"] != "all"]])
     colours = ["#7f7f7f" if c == "all" else "#1f77b4" for c in rows["category"]]
     fig = go.Figure(go.Bar(x=[escape(c) for c in rows["category"]], y=rows["value"], marker_color=colours,
-                           error_y=_error_bars(rows), customdata=_hover(rows), hovertemplate=_HOVER))
+                           error_y=ci_error_bars(rows), customdata=ci_customdata(rows),
+                           hovertemplate=CI_HOVERTEMPLATE))
     label = f"{suite}: {metric}" if suite else metric
     fig.update_layout(title=escape(f"{label} by category (95% bootstrap CI)"), template="plotly_white",
                       yaxis_title=escape(metric), xaxis_title="category", showlegend=False)

@@ -34,7 +34,7 @@ def patch_figure(result, title: str | None = None) -> go.Figure:
         x = [f"{p}: {_label(result.clean_tokens[p])}" for p in result.positions]
         x_title = "position: clean token"
         changed = [result.clean_tokens[p] != result.corrupt_tokens[p] for p in result.positions]
-        x = [f"<b>{label}</b>" if diff else label for label, diff in zip(x, changed)]
+        x = [f"<b>{label}</b>" if diff else label for label, diff in zip(x, changed, strict=True)]
     else:
         x = [f"H{h}" for h in result.heads]
         x_title = "head"

@@ -2,9 +2,9 @@
 
 The heatmap is :func:`~workbench.viz.patching.patch_figure` of the :func:`~workbench.patch_sweep`
 result the widget computed. Clicking a cell runs one more forward pass with only that cell
-patched (the same in-place hook the sweep uses), so the side panel shows what the model predicts
-then: its top next tokens, their probabilities, and the metric, which equals the heatmap cell's
-raw value.
+patched (:func:`~workbench.patching.patched_logits`, with the sweep's own in-place hook), so the
+side panel shows what the model predicts then: its top next tokens, their probabilities, and the
+metric, which equals the heatmap cell's raw value.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
-from workbench.patching.metrics import evaluate_metric, logit_diff
 from workbench.models.sites import SITES, get_site
-from workbench.patching.sweep import _patch_hook, paired_tokens, patch_sweep
+from workbench.patching.metrics import evaluate_metric, logit_diff
+from workbench.patching.sweep import paired_tokens, patch_sweep, patched_logits
 from workbench.viz._common import escape, guarded, refresh, set_status, token_label
 from workbench.viz.patching import patch_figure
 
@@ -49,21 +49,12 @@ def patched_prediction(model: HookedLlama, result: PatchResult, clean, corrupt, 
     >>> top, value = patched_prediction(model, res, clean, corrupt, metric, layer=3, column=5)  # doctest: +SKIP
     """
     site = get_site(result.site)
+    # head_out_by_pos: every head at the position at once (the heatmap shows their total).
+    cells = [(column, h) for h in range(model.cfg.n_heads)] if site.axes == ("pos", "head") else [(column,)]
+    logits = patched_logits(model, clean, corrupt, result.site, layer, cells, mode=result.mode)
     clean_tokens, corrupt_tokens = paired_tokens(model, clean, corrupt)
-    base, source = (corrupt_tokens, clean_tokens) if result.mode == "denoise" else (clean_tokens, corrupt_tokens)
-    hook = site.hook_name(layer)
-    n_prompts = base.shape[0]
     with torch.no_grad():
-        _, cache = model.run_with_cache(source, names_filter=[hook])
-        if site.axes == ("pos", "head"):
-            cells = [(column, h) for h in range(model.cfg.n_heads)]
-            # All heads at one position: one hook per head, composed in one forward.
-            hooks = [(hook, _patch_hook(site, [cell], cache[hook], n_prompts)) for cell in cells]
-        else:
-            hooks = [(hook, _patch_hook(site, [(column,)], cache[hook], n_prompts))]
-        with model.hooks(hooks):
-            logits = model(base)
-        plain = model(base)
+        plain = model(corrupt_tokens if result.mode == "denoise" else clean_tokens)
     value = evaluate_metric(metric, logits)
     probs = logits[0, -1].float().softmax(-1)
     before = plain[0, -1].float().softmax(-1)

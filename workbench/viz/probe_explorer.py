@@ -125,7 +125,7 @@ class ProbeExplorer(w.VBox):
         if points is None or not points.xs:
             return
         layer = int(round(points.xs[0]))
-        rows = self._result.frame.query("layer == @layer")
+        rows = self._result.frame[self._result.frame["layer"] == layer]
         if not rows.empty:
             self.layer.value = rows["hook"].iloc[0]
 

@@ -1,4 +1,4 @@
-"""The self-contained HTML report over saved eval folders (format documented in workbench.evals)."""
+"""The self-contained HTML report (a view) over saved eval folders, read by the one reader."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 
 from workbench.cli import main
 from workbench.common.errors import WorkbenchError
-from workbench.evals.report import load_run, report_html, write_report
+from workbench.evals import EvalResult, SuiteResult, load_run, run_suite
+from workbench.viz.report import report_html, write_report
 
 EVIL_SCRIPT = "<script>alert('pwned')</script>"
 EVIL_IMG = '<img src=x onerror="alert(1)">'
@@ -102,9 +103,11 @@ def test_report_of_a_suite_group_names_the_scorer(tmp_path):
     (run / "bbq").mkdir()  # a suite that never finished: no manifest, not reported
     (run / "suite.json").write_text(json.dumps({"group": "safety", "suites": ["crows_pairs", "toxicity", "bbq"],
                                                 "skipped": {"winobias": "data missing"}, "format_version": 1}))
-    title, suites, skipped = load_run(run)
-    assert [s.name for s in suites] == ["crows_pairs", "toxicity"] and skipped == {"winobias": "data missing"}
+    loaded = load_run(run)
+    assert isinstance(loaded, SuiteResult) and loaded.group == "safety"
+    assert list(loaded.results) == ["crows_pairs", "toxicity"] and loaded.skipped == {"winobias": "data missing"}
     text = report_html(run)
+    assert report_html(loaded).count('<h2 id="') == text.count('<h2 id="')  # the same run, in memory
     _assert_safe(text)
     assert text.count("plotly.js v") == 1  # the bundle once, not once per figure
     assert "Toxicity scorer: profanity-check" in text and "not Perspective API" in text
@@ -132,11 +135,9 @@ def test_report_cli_and_errors(tmp_path, capsys):
 
 def test_report_of_a_real_quick_suite_run(tiny_model, tmp_path):
     """The folder run_suite writes (built-in suites, no data directory) reports as it should."""
-    import workbench as wb
-
-    suite = wb.run_suite(tiny_model, "quick", data_dir=tmp_path / "no-data", out=tmp_path / "quick",
-                         progress=False)
-    out = wb.write_report(tmp_path / "quick", tmp_path / "quick.html")
+    suite = run_suite(tiny_model, "quick", data_dir=tmp_path / "no-data", out=tmp_path / "quick",
+                      progress=False)
+    out = write_report(tmp_path / "quick", tmp_path / "quick.html")
     text = out.read_text()
     _assert_safe(text)
     for name, res in suite.results.items():
@@ -151,3 +152,16 @@ def test_report_of_a_real_quick_suite_run(tiny_model, tmp_path):
     assert "Strongest preferences for the choice the metric counts" in pronoun
     assert "confidently wrong" not in pronoun and "correct" not in pronoun.split("<table")[-1]
     assert all(name in text for name in suite.skipped)  # the data suites that could not run
+
+
+def test_the_report_file_is_replaced_atomically(tmp_path):
+    write_crows(tmp_path / "crows")
+    target = tmp_path / "report.html"
+    target.write_text("an older report")
+    with pytest.raises(WorkbenchError, match="no such run folder"):
+        write_report(tmp_path / "missing", target)
+    assert target.read_text() == "an older report"  # a failed report leaves the old one
+    write_report(tmp_path / "crows", target)
+    assert "crows_pairs" in target.read_text() and sorted(p.name for p in tmp_path.iterdir()) == ["crows", "report.html"]
+    single = load_run(tmp_path / "crows")
+    assert isinstance(single, EvalResult) and single.suite == "crows_pairs"

@@ -1,9 +1,10 @@
-"""A self-contained HTML report of a saved eval run (one suite or a suite group).
+"""A self-contained HTML report of an eval run (one suite or a suite group): a view.
 
-The report reads the on-disk format documented in :mod:`workbench.evals` (``metrics.parquet``,
-``samples.parquet``, ``manifest.json``; ``suite.json`` for a group) and writes one HTML file
-that opens offline: plotly.js is inlined once (never a CDN link), every string from data, the
-model or the manifest is HTML-escaped, and there are no external resources at all.
+The report reads a saved run through the one reader, :func:`workbench.evals.result.load_run`
+(or takes an ``EvalResult`` / ``SuiteResult`` in memory), and writes one HTML file that opens
+offline: plotly.js is inlined once (never a CDN link), every string from data, the model or
+the manifest is HTML-escaped, and there are no external resources at all. The file is
+replaced atomically.
 
 Per suite: the manifest (model and checkpoint hash, data file hashes, seed, sampling, scorer
 and its scale note, interventions, versions), the metrics table with CIs and n, a chart per
@@ -11,7 +12,7 @@ metric across categories, and the examples that drive the numbers (the most ster
 CrowS-Pairs pairs, the most confidently wrong multiple-choice answers, the most toxic
 continuations).
 
->>> from workbench.evals.report import write_report
+>>> from workbench.viz.report import write_report
 >>> write_report("runs/crows-smollm2", "report.html")              # doctest: +SKIP
 PosixPath('report.html')
 """
@@ -22,8 +23,6 @@ import datetime as _dt
 import html
 import json
 import os
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,8 @@ import numpy as np
 import pandas as pd
 
 from workbench.common.errors import WorkbenchError
+from workbench.common.files import atomic_write
+from workbench.evals.result import EvalResult, SuiteResult, load_run
 from workbench.evals.suites import is_preference_suite
 from workbench.viz.evals import eval_category_figure, eval_metrics_figure, toxicity_score_figure
 
@@ -44,66 +45,23 @@ th{background:#f4f4f4;text-align:left} td.num{text-align:right;font-variant-nume
 """
 
 
-@dataclass
-class SavedSuite:
-    """One suite's saved tables, as read from its folder."""
-
-    name: str
-    folder: Path
-    metrics: pd.DataFrame
-    samples: pd.DataFrame
-    manifest: dict[str, Any]
+Run = EvalResult | SuiteResult | str | os.PathLike
 
 
-def load_run(folder: str | os.PathLike) -> tuple[str, list[SavedSuite], dict[str, str]]:
-    """Read a saved EvalResult folder, or a SuiteResult folder (``suite.json`` + one per suite).
-
-    Returns:
-        ``(title, suites, skipped)``: skipped maps a group's suites that did not run to why.
-
-    Raises:
-        WorkbenchError: the folder is not a saved run, or a suite in it never finished (no
-            ``manifest.json``, which is written last).
-
-    >>> title, suites, skipped = load_run("runs/safety")                       # doctest: +SKIP
-    """
-    root = Path(folder)
-    if not root.is_dir():
-        raise WorkbenchError(f"{root}: no such run folder")
-    group_file = root / "suite.json"
-    if group_file.is_file():
-        try:
-            group = json.loads(group_file.read_text())
-        except json.JSONDecodeError as err:
-            raise WorkbenchError(f"{group_file}: not valid JSON ({err.msg})") from None
-        suites = []
-        for name in group.get("suites", []):
-            if (root / name / "manifest.json").is_file():
-                suites.append(_load_suite(root / name))
-        if not suites:
-            raise WorkbenchError(f"{root}: no finished suite yet (no <suite>/manifest.json)")
-        return f"suite group {group.get('group', root.name)}", suites, dict(group.get("skipped") or {})
-    if not (root / "manifest.json").is_file():
-        if (root / "metrics.parquet").is_file():
-            raise WorkbenchError(f"{root}: no manifest.json: the run did not finish (it is written last)")
-        raise WorkbenchError(f"{root}: not a saved eval run (expected manifest.json, metrics.parquet, "
-                             "samples.parquet, or suite.json for a suite group)")
-    suite = _load_suite(root)
-    return f"suite {suite.name}", [suite], {}
-
-
-def _load_suite(folder: Path) -> SavedSuite:
-    for name in ("manifest.json", "metrics.parquet", "samples.parquet"):
-        if not (folder / name).is_file():
-            raise WorkbenchError(f"{folder}: {name} missing")
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text())
-    except json.JSONDecodeError as err:
-        raise WorkbenchError(f"{folder / 'manifest.json'}: not valid JSON ({err.msg})") from None
-    metrics = pd.read_parquet(folder / "metrics.parquet")
-    samples = pd.read_parquet(folder / "samples.parquet")
-    name = (manifest.get("suite") or {}).get("name") or (metrics["suite"].iloc[0] if len(metrics) else folder.name)
-    return SavedSuite(str(name), folder, metrics, samples, manifest)
+def _suites(run: Run) -> tuple[str, list[EvalResult], dict[str, str], Path | None]:
+    """``(title, suites in order, skipped suites -> why, folder or None)`` of a run to report."""
+    folder = None
+    if isinstance(run, (str, os.PathLike)):
+        folder = Path(run)
+        run = load_run(folder)
+    if isinstance(run, EvalResult):
+        return f"suite {run.suite}", [run], {}, folder
+    if isinstance(run, SuiteResult):
+        if not run.results:
+            where = folder if folder is not None else f"group {run.group!r}"
+            raise WorkbenchError(f"{where}: no finished suite yet (no <suite>/manifest.json)")
+        return f"suite group {run.group}", list(run.results.values()), dict(run.skipped), folder
+    raise TypeError(f"run: expected an EvalResult, a SuiteResult or a run folder, got {type(run).__name__}")
 
 
 # --- HTML pieces ---------------------------------------------------------------------------
@@ -145,7 +103,7 @@ def _as_list(value: Any) -> list:
     return list(value) if not isinstance(value, str) else [value]
 
 
-def examples_html(suite: SavedSuite, top: int = 10) -> str:
+def examples_html(suite: EvalResult, top: int = 10) -> str:
     """The examples behind the numbers: most toxic, most stereotyped (or most preferred, for
     suites without a correct answer), or most confidently wrong."""
     s = suite.samples
@@ -167,19 +125,21 @@ def examples_html(suite: SavedSuite, top: int = 10) -> str:
     ll = [np.asarray(_as_list(x), dtype=float) for x in s["loglik"]]
     labels = s["label"].astype(int).to_numpy()
     chosen = [int(np.argmax(x)) if len(x) else -1 for x in ll]
-    preference = is_preference_suite(suite.name, suite.manifest)
+    name = suite.suite
+    preference = is_preference_suite(name, suite.manifest)
     if preference:
         # label = the choice the metric counts (the stereotyped sentence, the male pronoun);
         # margin = how much more likely the model finds it than the best other choice
-        margin = np.array([x[lab] - np.max(np.delete(x, lab)) if len(x) > 1 else np.nan for x, lab in zip(ll, labels)])
-        if suite.name == "crows_pairs":
+        margin = np.array([x[lab] - np.max(np.delete(x, lab)) if len(x) > 1 else np.nan
+                           for x, lab in zip(ll, labels, strict=True)])
+        if name == "crows_pairs":
             title, header = "Most stereotyped pairs (LL(stereotyped) − LL(other))", [
                 "example_id", "category", "stereotyped", "other", "margin"]
         else:
             title, header = "Strongest preferences for the choice the metric counts (LL(counted) − LL(other))", [
                 "example_id", "category", "context / counted choice", "other", "margin"]
     else:
-        margin = np.array([x[c] - x[lab] if len(x) else np.nan for x, c, lab in zip(ll, chosen, labels)])
+        margin = np.array([x[c] - x[lab] if len(x) else np.nan for x, c, lab in zip(ll, chosen, labels, strict=True)])
         title, header = "Most confidently wrong (LL(chosen) − LL(correct))", ["example_id", "category",
                                                                                 "context / chosen", "correct", "margin"]
     order = [i for i in np.argsort(-np.nan_to_num(margin, nan=-np.inf), kind="stable") if margin[i] > 0][:top]
@@ -193,7 +153,7 @@ def examples_html(suite: SavedSuite, top: int = 10) -> str:
         context = _e(str(r.get("context", "") or ""))
         if preference:
             other = max((j for j in range(len(choices)) if j != lab), key=lambda j: ll[i][j])
-            first = _e(choices[lab]) if suite.name == "crows_pairs" else f"{context} <b>{_e(choices[lab])}</b>"
+            first = _e(choices[lab]) if name == "crows_pairs" else f"{context} <b>{_e(choices[lab])}</b>"
             second = _e(choices[other])
         else:
             first, second = f"{context} <b>{_e(choices[chosen[i]])}</b>", _e(choices[lab])
@@ -232,7 +192,7 @@ def manifest_html(manifest: dict[str, Any]) -> str:
     return _table(["", ""], rows) + full
 
 
-def _scorer_note(suite: SavedSuite) -> str:
+def _scorer_note(suite: EvalResult) -> str:
     scorer = suite.manifest.get("scorer")
     if not scorer:
         return ""
@@ -256,23 +216,28 @@ class _Figures:
         return out
 
 
-def report_html(folder: str | os.PathLike, top: int = 10) -> str:
-    """The report of a saved run as one HTML string (see :func:`write_report`).
+def report_html(run: Run, top: int = 10) -> str:
+    """The report of a run as one HTML string (see :func:`write_report`).
+
+    Args:
+        run: a saved run folder (read with :func:`~workbench.evals.result.load_run`), or an
+            ``EvalResult`` / ``SuiteResult``.
+        top: examples listed per suite.
 
     >>> html_text = report_html("runs/crows-smollm2")                 # doctest: +SKIP
     """
-    title, suites, skipped = load_run(folder)
+    title, suites, skipped, folder = _suites(run)
     figure = _Figures()
-    parts = [f"<h1>workbench eval report: {_e(title)}</h1>",
-             f"<p>Run folder <code>{_e(Path(folder).resolve())}</code>; report written "
-             f"{_e(_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))}.</p>"]
+    written = _e(_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))
+    where = f"Run folder <code>{_e(folder.resolve())}</code>; report" if folder is not None else "Report"
+    parts = [f"<h1>workbench eval report: {_e(title)}</h1>", f"<p>{where} written {written}.</p>"]
     every = pd.concat([s.metrics for s in suites], ignore_index=True)
     parts.append("<h2>Headline metrics</h2>" + figure(eval_metrics_figure(every)))
     parts.append(metrics_table_html(every[every["category"] == "all"]))
     if skipped:
         parts.append("<p>Suites not run: " + "; ".join(f"<b>{_e(k)}</b>: {_e(v)}" for k, v in skipped.items()) + "</p>")
     for suite in suites:
-        parts.append(f'<h2 id="{_e(suite.name)}">{_e(suite.name)}</h2>')
+        parts.append(f'<h2 id="{_e(suite.suite)}">{_e(suite.suite)}</h2>')
         parts.append(_scorer_note(suite))
         parts.append(metrics_table_html(suite.metrics))
         for metric in dict.fromkeys(suite.metrics["metric"]):
@@ -288,29 +253,20 @@ def report_html(folder: str | os.PathLike, top: int = 10) -> str:
             f"<style>{_CSS}</style></head><body>{body}</body></html>")
 
 
-def write_report(folder: str | os.PathLike, out: str | os.PathLike, top: int = 10) -> Path:
-    """Write the self-contained HTML report of a saved run to ``out`` (atomically).
+def write_report(run: Run, out: str | os.PathLike, top: int = 10) -> Path:
+    """Write the self-contained HTML report of a run to ``out`` (atomically).
 
     Args:
-        folder: a saved EvalResult folder, or a SuiteResult folder with ``suite.json``.
+        run: a saved EvalResult folder, a SuiteResult folder with ``suite.json``, or either
+            result in memory.
         out: the HTML file to write.
         top: examples listed per suite.
+
+    Raises:
+        WorkbenchError: the folder is not a saved run, or no suite in it finished; ``out`` is
+            then left as it was.
 
     >>> write_report("runs/safety", "report.html")                    # doctest: +SKIP
     PosixPath('report.html')
     """
-    text = report_html(folder, top=top)
-    target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is an ordinary file
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write(out, report_html(run, top=top))

@@ -1,0 +1,192 @@
+"""Planning a cache run: the inputs checked, every text tokenised, its stored positions chosen.
+
+A :class:`Plan` is what a store will hold before any activation is computed: per example its
+token ids, the positions whose activations are kept and the rows they take in each hook's
+array. It is cut into shards of ``shard_size`` examples, the unit of work and of resumption.
+``prepare_cache`` also builds the run's configuration, which the manifest records and a
+resumed run must match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from workbench.models.hooks import HookSelection, named_dims, select_hooks
+from workbench.store.format import STORE_DTYPES
+
+
+def prepare_cache(model, texts, hooks: HookSelection, *, positions: Any, dtype: str, batch_size: int,
+                  text_column: str, too_long: str, shard_size: int) -> tuple["Plan", dict]:
+    """Check the arguments and plan a cache run: ``(plan, config)`` (see :func:`cache_activations`)."""
+    if dtype not in STORE_DTYPES:
+        raise ValueError(f"dtype={dtype!r}: the store holds one of {sorted(STORE_DTYPES)}")
+    if too_long not in ("truncate", "error"):
+        raise ValueError(f"too_long={too_long!r}: use 'truncate' or 'error'")
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError("batch_size and shard_size must be positive")
+    frame = as_frame(texts, text_column)
+    hook_names, features = _check_hooks(model, hooks)
+    policy, frame = _parse_positions(positions, frame)
+    plan = plan_examples(model, frame, policy, too_long)
+    config = {
+        "model": {k: model.source.__dict__[k] for k in ("name", "format", "path", "fingerprint")},
+        "tokenizer": {"class": type(model.tokenizer).__name__, "vocab_size": len(model.tokenizer),
+                      "bos_token_id": model.tokenizer.bos_token_id},
+        "hooks": hook_names,
+        "hook_features": {h: list(features[h]) for h in hook_names},
+        "dtype": dtype,
+        "positions": policy,
+        "batch_size": batch_size,
+        "shard_size": shard_size,
+        "too_long": too_long,
+        "n_ctx": int(model.cfg.n_ctx),
+        "n_examples": len(plan.meta),
+        "n_rows": int(plan.meta["row_stop"].iloc[-1]),
+        "data_hash": _data_hash(frame),
+    }
+    return plan, config
+
+
+@dataclass
+class Plan:
+    """What will be stored: per-example token ids, stored positions and row ranges."""
+
+    meta: pd.DataFrame  # example_id, text, n_tokens, row_start, row_stop, + user columns
+    tokens: pd.DataFrame  # token_ids, str_tokens, stored_positions
+
+    def shards(self, shard_size: int) -> list[tuple[int, int]]:
+        n = len(self.meta)
+        return [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
+
+
+def as_frame(texts, text_column: str = "text") -> pd.DataFrame:
+    """Normalise the accepted input kinds into a DataFrame with a ``text`` column."""
+    if isinstance(texts, pd.DataFrame):
+        if text_column not in texts.columns:
+            raise ValueError(f"text_column={text_column!r} is not a column; columns: {list(texts.columns)}")
+        frame = texts.rename(columns={text_column: "text"}).reset_index(drop=True)
+    elif isinstance(texts, pd.Series):
+        frame = pd.DataFrame({"text": texts.tolist()})
+    elif isinstance(texts, (str, bytes)):
+        raise TypeError("texts must be a collection of strings, not a single string; wrap it in a list")
+    else:
+        frame = pd.DataFrame({"text": list(texts)})
+    if frame.empty:
+        raise ValueError("texts is empty: nothing to cache")
+    for row, text in enumerate(frame["text"]):
+        if not isinstance(text, str):
+            raise TypeError(f"texts row {row} is {type(text).__name__} ({text!r:.60}), not a string")
+    reserved = {"example_id", "n_tokens", "row_start", "row_stop"} & set(frame.columns)
+    if reserved:
+        raise ValueError(f"columns {sorted(reserved)} are reserved by the store; rename them")
+    return frame
+
+
+def _check_hooks(model, selection: HookSelection) -> tuple[list[str], dict[str, tuple[int, ...]]]:
+    names = select_hooks(model, selection)
+    catalogue = model.hook_catalogue().set_index("name")
+    sizes = _dim_sizes(model)
+    features = {}
+    for name in names:
+        dims = catalogue.loc[name, "shape"].strip("[]").split(", ")
+        if dims[:2] != ["batch", "pos"] or "pos" in dims[2:]:
+            raise ValueError(
+                f"hook {name!r} has shape {catalogue.loc[name, 'shape']}: the store holds "
+                f"[batch, pos, ...] activations; attention patterns and scores are per query "
+                f"and key position (cache them with run_with_cache)"
+            )
+        features[name] = tuple(sizes[d] for d in dims[2:])
+    return names, features
+
+
+def _dim_sizes(model) -> dict[str, int]:
+    return {**named_dims(model), "1": 1}
+
+
+def _parse_positions(positions, frame: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
+    base = {"policy": None, "per_token": False, "slice": None, "column": None}
+    if isinstance(positions, str) and positions in ("last", "mean", "all"):
+        return {**base, "policy": positions, "per_token": positions == "all"}, frame
+    if isinstance(positions, slice):
+        return {**base, "policy": "slice", "per_token": True,
+                "slice": [positions.start, positions.stop, positions.step]}, frame
+    if isinstance(positions, str):
+        if positions not in frame.columns:
+            raise ValueError(
+                f"positions={positions!r} is neither 'last', 'mean', 'all' nor a column of the data "
+                f"(columns: {list(frame.columns)})"
+            )
+        column = positions
+    else:
+        values = list(positions)
+        if len(values) != len(frame):
+            raise ValueError(f"positions has {len(values)} entries for {len(frame)} texts")
+        frame = frame.assign(position=values)
+        column = "position"
+    for row, value in enumerate(frame[column]):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"positions column {column!r} row {row} is {value!r}, not an integer")
+    return {**base, "policy": "index", "column": column}, frame
+
+
+def plan_examples(model, frame: pd.DataFrame, policy: dict, too_long: str) -> Plan:
+    """Tokenize every text and decide which positions (rows) each example stores."""
+    n_ctx = int(model.cfg.n_ctx)
+    token_ids, stored, truncated = [], [], []
+    decoded: dict[int, str] = {}
+    for row, text in enumerate(frame["text"]):
+        ids = model.to_tokens(text, truncate=False, move_to_device=False)[0].tolist()
+        if len(ids) > n_ctx:
+            if too_long == "error":
+                raise ValueError(f"texts row {row} has {len(ids)} tokens, more than the context window ({n_ctx})")
+            truncated.append(row)
+            ids = ids[:n_ctx]
+        token_ids.append(ids)
+        stored.append(_stored_positions(policy, len(ids), frame, row))
+    if truncated:
+        warnings.warn(f"{len(truncated)} texts longer than the context window ({n_ctx} tokens) were "
+                      f"truncated (rows {truncated[:10]}{' ...' if len(truncated) > 10 else ''})", stacklevel=3)
+    tok = model.tokenizer
+    str_tokens = []
+    for ids in token_ids:
+        missing = [i for i in set(ids) if i not in decoded]
+        pieces = tok.batch_decode([[i] for i in missing], clean_up_tokenization_spaces=False)
+        decoded.update(zip(missing, pieces, strict=True))
+        str_tokens.append([decoded[i] for i in ids])
+    n_rows = [len(p) if policy["per_token"] else 1 for p in stored]
+    stops = np.cumsum(n_rows)
+    meta = pd.DataFrame({"example_id": np.arange(len(frame)), "text": frame["text"],
+                         "n_tokens": [len(ids) for ids in token_ids],
+                         "row_start": stops - n_rows, "row_stop": stops})
+    extra = frame.drop(columns=["text"])
+    meta = pd.concat([meta, extra.reset_index(drop=True)], axis=1)
+    tokens = pd.DataFrame({"token_ids": token_ids, "str_tokens": str_tokens, "stored_positions": stored})
+    return Plan(meta, tokens)
+
+
+def _stored_positions(policy: dict, length: int, frame: pd.DataFrame, row: int) -> list[int]:
+    kind = policy["policy"]
+    if kind == "last":
+        return [length - 1]
+    if kind == "mean":
+        return list(range(1, length)) if length > 1 else [0]  # BOS is an outlier; leave it out
+    if kind == "all":
+        return list(range(length))
+    if kind == "slice":
+        return list(range(length))[slice(*policy["slice"])]
+    position = int(frame[policy["column"]].iloc[row])
+    if not -length <= position < length:
+        raise ValueError(f"positions row {row}: position {position} is outside its {length} tokens")
+    return [position % length]
+
+
+def _data_hash(frame: pd.DataFrame) -> str:
+    h = hashlib.sha256()
+    h.update(frame.to_json(orient="records", lines=True, default_handler=str).encode())
+    return h.hexdigest()
