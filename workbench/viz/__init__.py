@@ -1,14 +1,21 @@
-"""Views: pure ``data -> plotly Figure`` functions, and widgets that compose them.
+"""Views: pure ``data -> plotly Figure`` functions, widgets that compose them, the HTML report.
 
 Plot functions take arrays and tables and return a ``plotly.graph_objects.Figure``; widgets
-(``ModelExplorer``, ``AttentionViewer``, ``LogitLensViewer``, ``ProbeExplorer``, ``PatchingExplorer``,
-``SteeringGenerator``, ``EvalDashboard``) compose them with ipywidgets
-controls and run model work in the kernel when a control changes.
+compose them with ipywidgets controls and run model work in the kernel when a control changes;
+``write_report`` turns a saved eval run into one self-contained HTML file.
+
+>>> import workbench as wb
+>>> wb.viz.AttentionViewer(model, "When Mary and John went to the store", layer=5)  # doctest: +SKIP
 """
 
-from workbench.viz._common import escape, token_labels
-from workbench.viz.attention import attention_head_grid, attention_heatmap, attention_patterns
+# Widgets, in the order of the flow: the model, probes, patching, steering, evals.
+from workbench.viz.widgets import AttentionViewer, LogitLensViewer, ModelExplorer
+from workbench.viz.probe_explorer import ProbeExplorer, probe_projection_figure
+from workbench.viz.patching_explorer import PatchingExplorer, patched_prediction
+from workbench.viz.steering_widget import SteeringGenerator
 from workbench.viz.eval_dashboard import EvalDashboard, compare_category_figure, compare_metrics_figure, drilldown
+
+# Analyses drawn by the widgets, and the plot functions.
 from workbench.viz.logit_lens import (
     LogitLens,
     decode_residual,
@@ -17,39 +24,41 @@ from workbench.viz.logit_lens import (
     residual_stack,
     target_probability_figure,
 )
+from workbench.viz.attention import attention_head_grid, attention_heatmap, attention_patterns
 from workbench.viz.model_explorer import activation_figure, info_html, search_catalogue
-from workbench.viz.patching_explorer import PatchingExplorer, patched_prediction
-from workbench.viz.probe_explorer import ProbeExplorer, probe_projection_figure
 from workbench.viz.probes import probe_accuracy_figure
-from workbench.viz.steering_widget import SteeringGenerator
-from workbench.viz.widgets import AttentionViewer, LogitLensViewer, ModelExplorer
+
+# The report, and the escaping every view uses for text from data or a model.
+from workbench.viz.report import write_report
+from workbench.viz._common import escape, token_labels
 
 __all__ = [
     "AttentionViewer",
-    "EvalDashboard",
-    "LogitLens",
     "LogitLensViewer",
     "ModelExplorer",
-    "PatchingExplorer",
     "ProbeExplorer",
+    "PatchingExplorer",
     "SteeringGenerator",
-    "activation_figure",
-    "attention_head_grid",
-    "attention_heatmap",
-    "attention_patterns",
-    "compare_category_figure",
-    "compare_metrics_figure",
-    "decode_residual",
-    "drilldown",
-    "escape",
-    "info_html",
+    "EvalDashboard",
+    "LogitLens",
     "logit_lens",
+    "decode_residual",
+    "residual_stack",
     "logit_lens_figure",
-    "patched_prediction",
+    "target_probability_figure",
+    "attention_patterns",
+    "attention_heatmap",
+    "attention_head_grid",
+    "activation_figure",
+    "info_html",
+    "search_catalogue",
     "probe_accuracy_figure",
     "probe_projection_figure",
-    "residual_stack",
-    "search_catalogue",
-    "target_probability_figure",
+    "patched_prediction",
+    "compare_metrics_figure",
+    "compare_category_figure",
+    "drilldown",
+    "write_report",
+    "escape",
     "token_labels",
 ]
