@@ -22,6 +22,7 @@ CPU with smaller sizes, to check the script itself.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -64,10 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: this script needs a CUDA build of torch and a GPU (or --device cpu)")
 
-    import workbench as wb
+    from forward import reference_hf_model  # benchmarks/forward.py: same weights, plain HF
     from transformer_lens import patching
 
-    from forward import reference_hf_model  # benchmarks/forward.py: same weights, plain HF
+    import workbench as wb
 
     model = wb.load_model(dtype=args.dtype, device=args.device)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     hf = reference_hf_model(model).to(dtype=model.dtype)
     hf.config._attn_implementation = "sdpa"
     with torch.no_grad():
-        t_hf = timed(lambda: hf(tokens), args.repeats, args.device)
+        t_hf = timed(functools.partial(hf, tokens), args.repeats, args.device)
         t_wb = timed(lambda: model(tokens), args.repeats, args.device)
     del hf
     print(f"1. forward: workbench {n_tokens / t_wb:,.0f} tok/s, HF sdpa {n_tokens / t_hf:,.0f} tok/s, "

@@ -48,8 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    import workbench as wb
     from transformer_lens import patching
+
+    import workbench as wb
 
     model = wb.load_model(args.model)
     metric = wb.logit_diff(model, " Mary", " John")

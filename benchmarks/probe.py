@@ -141,8 +141,8 @@ def main() -> None:
     # Who is nearer the exact optimum: a tight newton-cholesky fit of the first and last layer.
     check = sorted({0, args.layers - 1})
     exact, _, _ = sklearn_per_layer(Xtr, ytr, Xte, yte, args.C, solver="newton-cholesky", tol=1e-10, layers=check)
-    ours_err = max(np.abs(coef[i] - e).max() / np.abs(e).max() for i, e in zip(check, exact))
-    sk_err = max(np.abs(sk_coef[i] - e).max() / np.abs(e).max() for i, e in zip(check, exact))
+    ours_err = max(np.abs(coef[i] - e).max() / np.abs(e).max() for i, e in zip(check, exact, strict=True))
+    sk_err = max(np.abs(sk_coef[i] - e).max() / np.abs(e).max() for i, e in zip(check, exact, strict=True))
 
     diff = np.abs(ours_acc - sk_acc)
     rel_coef = np.abs(coef - sk_coef).max(1) / np.abs(sk_coef).max(1)

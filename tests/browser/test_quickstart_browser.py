@@ -31,7 +31,7 @@ def test_quickstart_runs_in_jupyterlab(browser, tmp_path):
         explorer = page.locator(".wb-model-explorer")
         probes = page.locator(".wb-probe-explorer")
         for widget, n_plots in ((attention, 2), (lens, 2), (explorer, 1), (probes, 2)):
-            wait_for(lambda: widget.locator(".js-plotly-plot .main-svg").count() >= n_plots, 60,
+            wait_for(lambda w=widget, n=n_plots: w.locator(".js-plotly-plot .main-svg").count() >= n, 60,
                      f"{n_plots} plotly SVGs in {widget}", page, on_timeout=TIMEOUT_SHOT)
         assert attention.locator(".widget-slider").count() >= 2  # layer, head
         assert attention.locator("input[type=text]").count() == 1  # the prompt

@@ -15,8 +15,18 @@ import re
 from pathlib import Path
 
 import pytest
-from lab import (ARTIFACTS, click_heatmap_cell, clipped_parts, notebook_run, output_failures, plot_title,
-                 publish_screenshots, screenshot, set_slider_readout, wait_for)
+from lab import (
+    ARTIFACTS,
+    click_heatmap_cell,
+    clipped_parts,
+    notebook_run,
+    output_failures,
+    plot_title,
+    publish_screenshots,
+    screenshot,
+    set_slider_readout,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 

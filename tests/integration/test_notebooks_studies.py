@@ -12,7 +12,6 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
-
 from test_notebooks import _quick  # the parameter-cell convention shared with test_notebooks.py
 
 pytestmark = pytest.mark.integration

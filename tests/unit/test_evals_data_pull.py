@@ -112,13 +112,19 @@ def test_cli_data_pull(server, registry, tmp_path, capsys):
 
 
 def test_registry_pins_the_published_files():
-    """Every file of the shared data copy is registered with its sha256 and size, and nothing else."""
+    """Every registered dataset is in the shared data copy, file for file, with its sha256 and size.
+
+    The shared copy also holds datasets the registry does not fetch yet (the misuse and refusal
+    sets, the corpus, the instructions): those are read from the data directory only.
+    """
     manifest_path = Path(os.environ.get("WORKBENCH_DATA") or SHARED) / "MANIFEST.json"
     if not manifest_path.is_file():
         pytest.skip("shared data MANIFEST.json not available")
     manifest = json.loads(manifest_path.read_text())
-    assert set(REGISTRY) == set(manifest)
-    for name, entry in manifest.items():
+    assert set(REGISTRY) <= set(manifest)
+    assert {"crows_pairs", "bbq", "winogender", "winobias", "truthfulqa", "toxigen", "decodingtrust"} <= set(REGISTRY)
+    for name in REGISTRY:
+        entry = manifest[name]
         assert REGISTRY[name]["commit"] == entry["commit"]
         assert REGISTRY[name]["repo"].split("/")[0] in entry["source_repo"]
         pinned = {path: (sha, size) for path, _, sha, size in REGISTRY[name]["files"]}

@@ -11,13 +11,13 @@ import json
 import shutil
 
 import gguf
+import gguf_checkpoint as gc
 import numpy as np
 import pytest
 import torch
 import transformers
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-import gguf_checkpoint as gc
 from workbench.common.errors import CheckpointError
 from workbench.models.gguf_format import load_gguf, read_gguf_metadata
 

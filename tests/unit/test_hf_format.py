@@ -6,8 +6,8 @@ import pickle
 
 import pytest
 import torch
-
 from tiny_hf import write_hf_folder
+
 from workbench.common.errors import CheckpointError
 from workbench.models.loading import detect_format, load_model
 

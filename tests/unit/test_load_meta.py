@@ -5,8 +5,8 @@ import hashlib
 import pytest
 import sentencepiece as spm
 import torch
-
 from meta_checkpoint import reference_forward, write_meta_checkpoint
+
 from workbench.cli import main
 from workbench.common.errors import ChecksumError
 from workbench.models.loading import load_model

@@ -14,11 +14,11 @@ import pickle
 import re
 from pathlib import Path
 
+import meta_checkpoint as mc
 import pytest
 import sentencepiece as spm
 import torch
 
-import meta_checkpoint as mc
 from workbench.common.errors import CheckpointError
 from workbench.models import meta
 from workbench.models.meta import is_meta_checkpoint, load_meta_checkpoint

@@ -8,7 +8,6 @@ from workbench.models.loading import load_model
 from workbench.patching import logit_diff, patch_sweep
 from workbench.store import cache_activations
 
-
 SPLIT = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
          "model.layers.1": "disk", "model.layers.2": "disk", "model.norm": "cpu", "lm_head": "cpu"}
 CLEAN, CORRUPT = "the cat sat on a mat and the dog ran to", "the dog sat on a mat and the cat ran to"

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from meta_checkpoint import write_meta_checkpoint
 
 import workbench as wb
-from meta_checkpoint import write_meta_checkpoint
 from workbench.probing.concepts import Concept
 from workbench.probing.sweep import _out_of_fold, control_labels, grouped_folds
 

@@ -4,8 +4,8 @@ import hashlib
 import json
 
 import pytest
-
 from tiny_hf import write_hf_folder
+
 from workbench.cli import main
 from workbench.common.errors import CheckpointError, ChecksumError
 from workbench.models.loading import load_model

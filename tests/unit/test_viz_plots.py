@@ -46,9 +46,9 @@ def test_bins_and_pool_match_a_manual_loop():
     m = rng.normal(size=(11, 7))
     rows, cols = _common.bins(11, 4), _common.bins(7, 3)
     assert rows[0] == 0 and rows[-1] == 11 and len(rows) == 5 and np.all(np.diff(rows) > 0)
-    expected = np.array([[m[a:b, c:d].mean() for c, d in zip(cols[:-1], cols[1:])] for a, b in zip(rows[:-1], rows[1:])])
+    expected = np.array([[m[a:b, c:d].mean() for c, d in zip(cols[:-1], cols[1:], strict=True)] for a, b in zip(rows[:-1], rows[1:], strict=True)])
     np.testing.assert_allclose(_common.pool(m, rows, cols), expected)
-    summed = np.array([[m[a:b, c:d].sum(1).mean() for c, d in zip(cols[:-1], cols[1:])] for a, b in zip(rows[:-1], rows[1:])])
+    summed = np.array([[m[a:b, c:d].sum(1).mean() for c, d in zip(cols[:-1], cols[1:], strict=True)] for a, b in zip(rows[:-1], rows[1:], strict=True)])
     np.testing.assert_allclose(_common.pool(m, rows, cols, col_reduce="sum"), summed)
     assert _common.bins(3, 10).tolist() == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="max_bins"):
@@ -148,7 +148,7 @@ def test_logit_lens_matches_hf_hidden_states(tiny_model, hf_folder):
     mat = tiny_model.to_tokens(" mat", prepend_bos=False)[0, 0].item()
     assert lens.layers == [-1, 0, 1, 2] and lens.positions == list(range(ids.shape[1]))
     assert lens.target_token == "mat"
-    for row, layer in enumerate(lens.layers):
+    for row, _layer in enumerate(lens.layers):
         for pos in lens.positions:
             p = expected[row, pos]
             top = lens.top.query("layer == @layer and position == @pos").sort_values("rank")

@@ -126,9 +126,8 @@ Metric names
 :mod:`workbench.evals.metrics` cites its source formula.
 """
 
-# The data errors and the resolver live in workbench.common (every floor raises and uses them);
-# re-exported here, the same objects, because eval users meet them first.
-from workbench.common.data_dir import resolve_data_dir
+# The data errors live in workbench.common (every floor raises them); re-exported here, the same
+# classes, because eval users meet them first. The data directory is workbench.common.data_dir.
 from workbench.common.errors import DataError, MissingDataError
 from workbench.evals.data_pull import pull as pull_data
 from workbench.evals.kinds import KINDS, MissingPluginError
@@ -155,7 +154,6 @@ __all__ = [
     "load_suite",
     "loglikelihood",
     "pull_data",
-    "resolve_data_dir",
     "run_eval",
     "run_suite",
 ]

@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench.probing.concepts import Concept, load_concept
 from workbench.models.direction import Direction
+from workbench.probing.concepts import Concept, load_concept
 from workbench.probing.estimators import MassMeanProbe, RidgeProbe
 from workbench.probing.logistic import decision_layers, fit_logistic_layers
 

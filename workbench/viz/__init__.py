@@ -8,14 +8,9 @@ compose them with ipywidgets controls and run model work in the kernel when a co
 >>> wb.viz.AttentionViewer(model, "When Mary and John went to the store", layer=5)  # doctest: +SKIP
 """
 
-# Widgets, in the order of the flow: the model, probes, patching, steering, evals.
-from workbench.viz.widgets import AttentionViewer, LogitLensViewer, ModelExplorer
-from workbench.viz.probe_explorer import ProbeExplorer, probe_projection_figure
-from workbench.viz.patching_explorer import PatchingExplorer, patched_prediction
-from workbench.viz.steering_widget import SteeringGenerator
+from workbench.viz._common import escape, token_labels
+from workbench.viz.attention import attention_head_grid, attention_heatmap, attention_patterns
 from workbench.viz.eval_dashboard import EvalDashboard, compare_category_figure, compare_metrics_figure, drilldown
-
-# Analyses drawn by the widgets, and the plot functions.
 from workbench.viz.logit_lens import (
     LogitLens,
     decode_residual,
@@ -24,14 +19,15 @@ from workbench.viz.logit_lens import (
     residual_stack,
     target_probability_figure,
 )
-from workbench.viz.attention import attention_head_grid, attention_heatmap, attention_patterns
 from workbench.viz.model_explorer import activation_figure, info_html, search_catalogue
+from workbench.viz.patching_explorer import PatchingExplorer, patched_prediction
+from workbench.viz.probe_explorer import ProbeExplorer, probe_projection_figure
 from workbench.viz.probes import probe_accuracy_figure
-
-# The report, and the escaping every view uses for text from data or a model.
 from workbench.viz.report import write_report
-from workbench.viz._common import escape, token_labels
+from workbench.viz.steering_widget import SteeringGenerator
+from workbench.viz.widgets import AttentionViewer, LogitLensViewer, ModelExplorer
 
+# Widgets first, in the order of the flow; then analyses, plot functions, the report, escaping.
 __all__ = [
     "AttentionViewer",
     "LogitLensViewer",

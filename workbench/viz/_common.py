@@ -92,7 +92,7 @@ def bin_labels(labels: Sequence[str], edges: np.ndarray) -> list[str]:
     ['a', '1-2: b…c']
     """
     out = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         out.append(labels[lo] if hi - lo == 1 else f"{lo}-{hi - 1}: {labels[lo]}…{labels[hi - 1]}")
     return out
 
@@ -108,14 +108,14 @@ def refresh(widget: go.FigureWidget, figure: go.Figure) -> None:
     (1, 2)
     """
     same = len(widget.data) == len(figure.data) and all(
-        a.type == b.type for a, b in zip(widget.data, figure.data)
+        a.type == b.type for a, b in zip(widget.data, figure.data, strict=True)
     )
     if not same:
         widget.data = ()
         widget.add_traces(list(figure.data))
     with widget.batch_update():
         if same:
-            for old, new in zip(widget.data, figure.data):
+            for old, new in zip(widget.data, figure.data, strict=True):
                 old.update(new.to_plotly_json(), overwrite=True)
         widget.layout = figure.layout
 

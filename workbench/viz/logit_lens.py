@@ -101,7 +101,7 @@ def target_token_id(model: HookedLlama, target: str | int) -> tuple[int, str]:
         if not ids:
             raise ValueError(f"target {target!r} tokenizes to no token")
         strs = model.to_str_tokens(torch.tensor(ids))
-        token_id = int(next((i for i, s in zip(ids, strs) if s.strip()), ids[0]))
+        token_id = int(next((i for i, s in zip(ids, strs, strict=True) if s.strip()), ids[0]))
     return token_id, model.to_str_tokens(torch.tensor([token_id]))[0]
 
 
@@ -137,7 +137,7 @@ def lens_from_residuals(
             p_target = p_target.tolist()
         for j, pos in enumerate(positions):
             strs = model.to_str_tokens(torch.tensor(ids[j]))
-            for rank, (tid, tok, p) in enumerate(zip(ids[j], strs, values[j]), start=1):
+            for rank, (tid, tok, p) in enumerate(zip(ids[j], strs, values[j], strict=True), start=1):
                 top_rows.append((layer, pos, rank, tid, tok, p))
             if target_id is not None:
                 target_rows.append((layer, pos, target_id, target_str, p_target[j], ranks[j]))
@@ -182,7 +182,7 @@ def logit_lens_figure(lens: LogitLens, title: str = "logit lens: top token by la
     first = first.reindex(index=lens.layers, columns=lens.positions)
     best = top[top["rank"] == 1].pivot(index="layer", columns="position", values="token")
     best = best.reindex(index=lens.layers, columns=lens.positions)
-    ranked = top.sort_values("rank").assign(line=lambda d: [f"{token_label(t)} {p:.3f}" for t, p in zip(d.token, d.prob)])
+    ranked = top.sort_values("rank").assign(line=lambda d: [f"{token_label(t)} {p:.3f}" for t, p in zip(d.token, d.prob, strict=True)])
     lists = ranked.groupby(["layer", "position"])["line"].agg("<br>".join)
     hover = np.array([[lists.get((layer, pos), "") for pos in lens.positions] for layer in lens.layers], dtype=object)
     text = np.vectorize(token_label, otypes=[object])(best.to_numpy(dtype=object))
