@@ -60,15 +60,26 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator
         yield tmp
         for file in (p for p in tmp.rglob("*") if p.is_file()) if directory else [tmp]:
             _fsync_file(file)
-        if directory and target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        fsync_dir(target.parent)
+        rename_into_place(tmp, target)
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def rename_into_place(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Rename a complete, fsynced ``tmp`` file or folder over ``target`` and make it durable.
+
+    A folder already at ``target`` is removed first. For writers whose temporary file outlives
+    one ``with`` block (a store shard written batch by batch); everything else uses
+    :func:`atomic_path`.
+    """
+    target = Path(target)
+    if Path(tmp).is_dir() and target.is_dir():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    fsync_dir(target.parent)
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:

@@ -1,8 +1,9 @@
 """The hook catalogue and hook selection.
 
 Every stage after loading names activations by TransformerLens hook names. This module says
-which hooks a model has (name, shape, meaning) and turns the ways a user may select them (exact
-names, glob patterns such as ``"blocks.*.hook_resid_post"``, predicates) into one predicate.
+which hooks a model has (name, shape, meaning: ``model.hook_catalogue()``, built here once per
+model) and turns the ways a user may select them (exact names, glob patterns such as
+``"blocks.*.hook_resid_post"``, predicates) into the names they pick (:func:`select_hooks`).
 """
 
 from __future__ import annotations

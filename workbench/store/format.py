@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from workbench.common.files import atomic_write, fsync_dir
+from workbench.common.files import atomic_write, rename_into_place
 from workbench.common.versions import versions
 from workbench.store.store import FORMAT_VERSION, MANIFEST, ActivationStore, ShardedArray, StoreError
 
@@ -168,11 +168,8 @@ class _DiskShard:
                 os.fsync(fd)
                 os.close(fd)
             self.files = {}
-            final = self.sink.path / "shards" / self.name
-            if final.exists():  # a complete shard a killed run renamed but did not record
-                shutil.rmtree(final)
-            os.replace(self.tmp, final)
-            fsync_dir(final.parent)
+            # A complete shard a killed run renamed but did not record is replaced.
+            rename_into_place(self.tmp, self.sink.path / "shards" / self.name)
         except OSError as err:
             raise _disk_error(self.sink.path, self.k, err) from err
         self.sink.shard_done({"index": self.k, "name": self.name, "start": self.start, "stop": self.stop})
