@@ -148,13 +148,13 @@ def test_logit_lens_matches_hf_hidden_states(tiny_model, hf_folder):
     mat = tiny_model.to_tokens(" mat", prepend_bos=False)[0, 0].item()
     assert lens.layers == [-1, 0, 1, 2] and lens.positions == list(range(ids.shape[1]))
     assert lens.target_token == "mat"
-    for row, _layer in enumerate(lens.layers):
+    for row, layer in enumerate(lens.layers):
         for pos in lens.positions:
             p = expected[row, pos]
-            top = lens.top.query("layer == @layer and position == @pos").sort_values("rank")
+            top = lens.top[(lens.top.layer == layer) & (lens.top.position == pos)].sort_values("rank")
             np.testing.assert_allclose(top["prob"], p.topk(3).values.numpy(), atol=1e-5)
             assert top["token_id"].tolist() == p.topk(3).indices.tolist()
-            got = lens.target.query("layer == @layer and position == @pos").iloc[0]
+            got = lens.target[(lens.target.layer == layer) & (lens.target.position == pos)].iloc[0]
             assert got["prob"] == pytest.approx(p[mat].item(), abs=1e-6)
             assert got["rank"] == int((p > p[mat]).sum()) + 1
 
