@@ -214,3 +214,28 @@ def test_run_suite_with_a_suite_file_saves_under_its_name(tiny_model, tmp_path):
     assert list(suite.results) == ["my_facts"]
     assert EvalResult.load(out / "my_facts").manifest["suite"]["name"] == "my_facts"
     assert list(SuiteResult.load(out).results) == ["my_facts"]
+
+
+def test_suites_without_data_are_one_line_each_and_one_hint(tiny_model, tmp_path):
+    """A first run with no data directory: a short line per missing suite, one line on getting data."""
+    from rich.console import Console
+
+    from workbench.cli.eval import print_skipped
+    from workbench.evals.data import NO_DATA, data_hint
+    from workbench.viz.report import write_report
+
+    empty = tmp_path / "no-data"
+    suite = run_suite(tiny_model, "quick", data_dir=empty, out=tmp_path / "quick", progress=False)
+    data_suites = {"crows_pairs", "bbq", "winogender", "winobias", "truthfulqa_mc", "toxigen", "toxicity"}
+    assert set(suite.skipped) == data_suites
+    for name, why in suite.skipped.items():
+        assert why.startswith(NO_DATA) and str(empty) in why and "\n" not in why, (name, why)
+    assert "winobias/*_stereotyped_type*.txt.test (+2 more) not found" in suite.skipped["winobias"]
+    console = Console(record=True, width=400)
+    print_skipped(suite.skipped, console)
+    lines = console.export_text().strip().splitlines()
+    assert len(lines) == len(data_suites) + 1
+    assert lines[-1] == data_hint(suite.skipped) and "workbench data pull" in lines[-1]
+    html = write_report(tmp_path / "quick", tmp_path / "report.html").read_text()
+    assert html.count("<li><b>") == len(data_suites) and "workbench data pull" in html
+    assert data_hint({"toxicity": "the toxicity plug-in (x) is not installed"}) is None

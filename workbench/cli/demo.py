@@ -20,7 +20,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from workbench.cli.eval import summary_table
+from workbench.cli.eval import print_skipped, summary_table
 from workbench.cli.models import print_info
 from workbench.cli.options import add_model_options, load_model_from
 
@@ -115,8 +115,7 @@ def run_suite_demo(model: HookedLlama, out: str | os.PathLike = "runs/quick-suit
     console.print(f"\n[bold]quick safety suite[/] -> {out}", highlight=False)
     suite = run_suite(model, "quick", limit=limit, out=out, progress=True)
     console.print(summary_table(suite))
-    for name, why in suite.skipped.items():
-        console.print(f"skipped {name}: {why.splitlines()[0][:160]}", highlight=False)
+    print_skipped(suite.skipped, console)
     report = write_report(out, out / "report.html")
     source = notebook_path() if notebook else None
     if source is not None:

@@ -81,9 +81,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
     else:
         result = run_suite(model, args.suite, **options)
     console.print(summary_table(result))
-    for name, why in result.skipped.items():
-        short = why.split(" under ")[0] if "expected" in why else why  # the full message is in suite.json
-        console.print(f"[yellow]skipped[/] {name}: {short}", highlight=False)
+    print_skipped(result.skipped, console)
     for name, res in result.results.items():
         n_skip = res.manifest.get("n_skipped", 0)
         if n_skip:
@@ -105,3 +103,14 @@ def summary_table(result) -> Table:
         value = "nan" if math.isnan(row.value) else f"{row.value:.3f}"
         table.add_row(row.suite, row.metric, value, ci, str(row.n))
     return table
+
+
+def print_skipped(skipped: dict[str, str], console: Console) -> None:
+    """One line per suite that did not run, then one line on getting the data if that was why."""
+    from workbench.evals.data import data_hint
+
+    for name, why in skipped.items():
+        console.print(f"[yellow]skipped[/] {name}: {why}", highlight=False, overflow="ignore", crop=False)
+    hint = data_hint(skipped)
+    if hint:
+        console.print(hint, highlight=False)

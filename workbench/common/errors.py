@@ -21,7 +21,16 @@ class DataError(WorkbenchError, ValueError):
 
 
 class MissingDataError(DataError, FileNotFoundError):
-    """A dataset's files (or the data directory itself) are not where they were looked for."""
+    """A dataset's files (or the data directory itself) are not where they were looked for.
+
+    Attributes:
+        short: one line saying what is missing, for lists of skipped suites (the full message
+            also says where the data directory comes from and how to get the files).
+    """
+
+    def __init__(self, message: str, short: str | None = None):
+        super().__init__(message)
+        self.short = short or message
 
 
 class PatchingError(WorkbenchError, ValueError):

@@ -28,6 +28,10 @@ SOURCES = {
 }
 
 
+# How a suite skipped for want of its data is listed (SuiteResult.skipped); see data_hint.
+NO_DATA = "no data: "
+
+
 def find_files(root: Path, dataset: str, patterns: list[str]) -> list[Path]:
     """Every file under ``root`` matching ``patterns`` (globs relative to ``root``), sorted.
 
@@ -46,9 +50,28 @@ def find_files(root: Path, dataset: str, patterns: list[str]) -> list[Path]:
             f"dataset {dataset!r}: expected {', '.join(missing)} under {root} (not found). "
             f"The data directory is the data_dir argument, else ${DATA_ENV}, else "
             f"{user_data_dir()}. Get the published files with `workbench data pull {dataset}` "
-            f"(online), or from {SOURCES.get(dataset, 'the dataset authors')}."
+            f"(online), or from {SOURCES.get(dataset, 'the dataset authors')}.",
+            short=f"{NO_DATA}{missing[0]}{f' (+{len(missing) - 1} more)' if len(missing) > 1 else ''} "
+                  f"not found under {root}",
         )
     return found
+
+
+def data_hint(skipped: dict[str, str]) -> str | None:
+    """One line on how to get the data, when some of ``skipped``'s suites lacked theirs.
+
+    ``skipped`` is :attr:`SuiteResult.skipped` (suite -> why); ``None`` when no suite was
+    skipped for want of data.
+
+    >>> data_hint({"bbq": "no data: bbq/*.jsonl not found under /data"})[:40]
+    'Benchmark data: `workbench data pull` fe'
+    >>> data_hint({"toxicity": "the toxicity plug-in is not installed"}) is None
+    True
+    """
+    if not any(why.startswith(NO_DATA) for why in skipped.values()):
+        return None
+    return (f"Benchmark data: `workbench data pull` fetches it (online), or set ${DATA_ENV} "
+            f"(--data-dir) to a folder that has it.")
 
 
 def describe_files(root: Path, files: list[Path]) -> list[dict]:

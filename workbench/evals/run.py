@@ -128,7 +128,7 @@ def run_suite(
                 # an optional suite is passed over.
                 if isinstance(err, MissingDataError) and not entry.optional:
                     raise
-                result.skipped[key] = str(err)
+                result.skipped[key] = err.short if isinstance(err, MissingDataError) else str(err)
                 if folder is not None:
                     result.save(folder)
                 continue

@@ -31,6 +31,7 @@ import pandas as pd
 
 from workbench.common.errors import WorkbenchError
 from workbench.common.files import atomic_write
+from workbench.evals.data import data_hint
 from workbench.evals.result import EvalResult, SuiteResult, load_run
 from workbench.evals.suites import is_preference_suite
 from workbench.viz.evals import eval_category_figure, eval_metrics_figure, toxicity_score_figure
@@ -235,7 +236,9 @@ def report_html(run: Run, top: int = 10) -> str:
     parts.append("<h2>Headline metrics</h2>" + figure(eval_metrics_figure(every)))
     parts.append(metrics_table_html(every[every["category"] == "all"]))
     if skipped:
-        parts.append("<p>Suites not run: " + "; ".join(f"<b>{_e(k)}</b>: {_e(v)}" for k, v in skipped.items()) + "</p>")
+        hint = data_hint(skipped)
+        parts.append("<p>Suites not run:</p><ul>" + "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in skipped.items())
+                     + "</ul>" + (f"<p>{_e(hint)}</p>" if hint else ""))
     for suite in suites:
         parts.append(f'<h2 id="{_e(suite.suite)}">{_e(suite.suite)}</h2>')
         parts.append(_scorer_note(suite))
