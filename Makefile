@@ -34,7 +34,7 @@ test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 notebooks/  # loopback only; the token stays on
 
 clean-venv:
 	rm -rf $(VENV)

@@ -9,6 +9,14 @@
 
     .venv/bin/python benchmarks/cache.py                 # embedded model, all measurements
     .venv/bin/python benchmarks/cache.py --skip-memory   # throughput only
+
+3. Memory at dataset scale (``--scale``): peak RSS of caching one cheap hook
+   (``blocks.0.hook_resid_post``, ``positions="last"``) over 10^4, 10^5 and 10^6 tokens of real
+   text (``--corpus``, default ``../shared/data/corpus``), each in a fresh process, and the growth
+   per 10^5 tokens between the smallest and the largest run. Goal: under 5 MiB per 10^5 tokens
+   (the job's memory is O(shard), not O(dataset)).
+
+    .venv/bin/python benchmarks/cache.py --scale --sizes 10000 100000 1000000
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -108,6 +117,90 @@ def child(mode: str, model_arg, n_tokens: int, batch_size: int) -> None:
     print(json.dumps({"mode": mode, "tokens": n_real, "peak_mib": peak, "after_load_mib": base}))
 
 
+def corpus_texts(folder: str, n_tokens: int, tokenizer, tokens_per_text: int = 96) -> list[str]:
+    """About ``n_tokens`` tokens of the corpus's text files (sorted by name; names have spaces) as
+    texts of ``tokens_per_text`` tokens or slightly fewer: the token stream is cut into chunks and
+    decoded, and a chunk whose text re-encodes longer is left out. Every run then has batches
+    of the same width, so the forward pass's peak is the same and what differs is the dataset."""
+    files = sorted(p for p in Path(folder).rglob("*.txt") if p.is_file())
+    if not files:
+        raise SystemExit(f"--corpus {folder}: no .txt files under it")
+    texts, total = [], 0
+    for file in files:
+        words = " ".join(file.read_text(encoding="utf-8", errors="replace").split())
+        ids = tokenizer(words, add_special_tokens=False)["input_ids"]
+        for start in range(0, len(ids) - tokens_per_text, tokens_per_text):
+            text = tokenizer.decode(ids[start : start + tokens_per_text])
+            length = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            if length <= tokens_per_text:
+                texts.append(text)
+                total += length + 1  # + BOS
+            if total >= n_tokens:
+                return texts
+    raise SystemExit(f"--corpus {folder}: holds fewer than ~{n_tokens} tokens")
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def scale_child(model_arg, corpus: str, n_tokens: int, batch_size: int, hook: str) -> None:
+    """One caching job over ``n_tokens`` of the corpus; prints its RSS (MiB) as JSON.
+
+    ``ru_maxrss`` never goes down, so preparing the texts would hide the job's own peak: a
+    thread samples the current RSS every 5 ms while the job runs, and the job's peak is
+    reported over the RSS just before it started.
+    """
+    import gc
+    import threading
+
+    import workbench as wb
+
+    model = wb.load_model(model_arg, device="cpu")
+    texts = corpus_texts(corpus, n_tokens, model.tokenizer)
+    gc.collect()
+    base = _rss_mib()
+    peak, running = [base], True
+
+    def sample():
+        while running:
+            peak[0] = max(peak[0], _rss_mib())
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        store = wb.cache_activations(model, texts, hooks=hook, positions="last", path=f"{folder}/s",
+                                     dtype="float16", batch_size=batch_size, progress=False)
+        n_real = int(store.meta["n_tokens"].sum())
+        running = False
+        sampler.join()
+    print(json.dumps({"tokens": n_real, "texts": len(texts), "peak_mib": peak[0], "after_load_mib": base,
+                      "seconds": time.perf_counter() - started}))
+
+
+def scale(model_arg, corpus: str, sizes: list[int], batch_size: int, hook: str) -> None:
+    rows = []
+    for n in sizes:
+        cmd = [sys.executable, __file__, "--child", "scale", "--tokens", str(n), "--batch-size", str(batch_size),
+               "--corpus", corpus, "--hook", hook] + (["--model", model_arg] if model_arg else [])
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        r = rows[-1]
+        print(f"{r['tokens']:>9} tokens ({r['texts']} texts): peak RSS {r['peak_mib']:.1f} MiB "
+              f"(after loading model and texts {r['after_load_mib']:.1f}; growth {r['peak_mib'] - r['after_load_mib']:.1f}) "
+              f"in {r['seconds']:.0f} s", flush=True)
+    first, last = rows[0], rows[-1]
+    if len(rows) > 1 and last["tokens"] > first["tokens"]:
+        growth = (last["peak_mib"] - first["peak_mib"]) / (last["tokens"] - first["tokens"]) * 1e5
+        during = ((last["peak_mib"] - last["after_load_mib"]) - (first["peak_mib"] - first["after_load_mib"])) / (
+            last["tokens"] - first["tokens"]) * 1e5
+        print(f"peak RSS growth: {growth:.2f} MiB per 10^5 tokens ({during:.2f} MiB per 10^5 tokens during "
+              f"caching, the input texts excluded)  (goal < 5)")
+
+
 def memory(model_arg, batch_size: int, small: int, large: int) -> None:
     def run(mode, n):
         cmd = [sys.executable, __file__, "--child", mode, "--tokens", str(n), "--batch-size", str(batch_size)]
@@ -134,8 +227,18 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=10_000)
     parser.add_argument("--large", type=int, default=100_000)
     parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--child", choices=["store", "tl"], help=argparse.SUPPRESS)
+    parser.add_argument("--scale", action="store_true", help="only the dataset-scale memory runs (see 3.)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--corpus", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "corpus"))
+    parser.add_argument("--hook", default="blocks.0.hook_resid_post")
+    parser.add_argument("--child", choices=["store", "tl", "scale"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child == "scale":
+        scale_child(args.model, args.corpus, args.tokens, args.batch_size, args.hook)
+        return
+    if args.scale:
+        scale(args.model, args.corpus, args.sizes, args.batch_size, args.hook)
+        return
     if args.child:
         child(args.child, args.model, args.tokens, args.batch_size)
         return

@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).parents[2]
+sys.path.insert(0, str(REPO / "tests" / "unit"))  # the one listener checker, shared with the unit tests
+from listeners import assert_loopback_only, process_tree  # noqa: E402
+
 ARTIFACTS = REPO / "runs" / "test-artifacts" / "browser"  # gitignored
 SCREENSHOTS = REPO / "docs" / "screenshots"  # the README's
 
@@ -99,7 +102,11 @@ def jupyterlab(workdir: Path, notebooks: list[Path], startup_timeout: float = 90
             if time.monotonic() > deadline:
                 raise TimeoutError(f"jupyter lab did not answer within {startup_timeout} s:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
+        # Reachable from this machine only (tests/unit/listeners.py): the server now, and after
+        # the test its kernels too (their ZeroMQ ports).
+        assert_loopback_only(process_tree(process.pid), "the browser tests' JupyterLab")
         yield lab
+        assert_loopback_only(process_tree(process.pid), "the browser tests' JupyterLab and its kernels")
     finally:
         process.terminate()
         try:

@@ -17,15 +17,17 @@ pytestmark = pytest.mark.integration
 
 
 def test_logits_equal_hf_on_same_weights(embedded):
+    # The default (fused) attention against HF's default SDPA attention, the eager path
+    # (model.eager_attention()) against HF's eager attention.
     folder = embedded.hf_model.config._name_or_path
-    reference = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+    sdpa = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa").eval()
     tokens = embedded.to_tokens(["The capital of France is Paris, and the capital of Italy is"])
     with torch.no_grad():
-        ours, theirs = embedded(tokens), reference(tokens).logits
-    assert (ours - theirs).abs().max().item() <= 1e-4
-    sdpa = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa").eval()
-    with torch.no_grad():
-        assert (ours - sdpa(tokens).logits).abs().max().item() <= 1e-3  # kernel reordering only
+        assert embedded.fast_attention
+        assert (embedded(tokens) - sdpa(tokens).logits).abs().max().item() <= 1e-4
+    reference = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad(), embedded.eager_attention():
+        assert (embedded(tokens) - reference(tokens).logits).abs().max().item() <= 1e-4
 
 
 def test_architecture_is_smollm2(embedded):

@@ -14,6 +14,7 @@ HF's rotate-half order into llama.cpp's interleaved order (transformers undoes i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
@@ -45,9 +46,19 @@ _LLAMA_CHARS = ["▁", "t", "h", "e", "l", "o", "w", "r", "d"]
 
 
 def tiny_llama(
-    seed: int = 0, *, vocab_size: int = TINY_VOCAB_SIZE, tie_word_embeddings: bool = False
+    seed: int = 0,
+    *,
+    vocab_size: int = TINY_VOCAB_SIZE,
+    tie_word_embeddings: bool = False,
+    rope_parameters: Mapping | None = None,
+    max_position_embeddings: int = 256,
+    qk_scale: float = 1.0,
 ) -> LlamaForCausalLM:
     """A random 2-layer LLaMA with grouped-query attention (4 heads, 2 KV heads), in float32.
+
+    ``rope_parameters`` (HF's, e.g. ``{"rope_type": "llama3", "rope_theta": 5e5, ...}``)
+    replaces plain RoPE with base 10000; ``qk_scale`` multiplies the query/key weights, so that
+    attention is sharp enough for the rotary frequencies to show in the logits.
 
     >>> tiny_llama().config.num_key_value_heads
     2
@@ -59,9 +70,9 @@ def tiny_llama(
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=max_position_embeddings,
         rms_norm_eps=1e-5,
-        rope_theta=10000.0,
+        rope_parameters=dict(rope_parameters or {"rope_type": "default", "rope_theta": 10000.0}),
         tie_word_embeddings=tie_word_embeddings,
         bos_token_id=1,
         eos_token_id=2,
@@ -73,6 +84,8 @@ def tiny_llama(
         for name, param in model.named_parameters():
             if name.endswith("norm.weight"):
                 param.uniform_(0.5, 1.5)
+            elif name.endswith(("q_proj.weight", "k_proj.weight")):
+                param.mul_(qk_scale)
     return model
 
 
@@ -85,6 +98,7 @@ def write_tiny_gguf(
     tensor_type: str = "F32",
     skip_tensors: Collection[str] = (),
     extra_tensors: Mapping[str, np.ndarray] | None = None,
+    rope_scaling: bool = True,
 ) -> None:
     """Write ``hf_model`` and a small tokenizer to ``path`` in llama.cpp's GGUF conventions.
 
@@ -100,6 +114,9 @@ def write_tiny_gguf(
             as llama.cpp keeps them.
         skip_tensors: GGUF tensor names to leave out (to test rejection of incomplete files).
         extra_tensors: further F32 tensors to write, by GGUF name (e.g. ``rope_freqs.weight``).
+        rope_scaling: write the model's rotary scaling as llama.cpp's converter does: ``linear``
+            and ``yarn`` as ``llama.rope.scaling.*`` keys, LLaMA-3.1's ``llama3`` as the
+            ``rope_freqs.weight`` divisors only (see :func:`llama_cpp_rope_freqs`).
     """
     if tokenizer_kind not in TOKENIZER_KINDS:
         raise ValueError(f"tokenizer_kind must be one of {TOKENIZER_KINDS}, got {tokenizer_kind!r}")
@@ -121,18 +138,50 @@ def write_tiny_gguf(
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     writer.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
     writer.add_rope_dimension_count(head_dim)
+    rope = cfg.rope_parameters
+    extra = dict(extra_tensors or {})
+    if rope_scaling and rope["rope_type"] == "llama3":
+        extra["rope_freqs.weight"] = llama_cpp_rope_freqs(rope, head_dim)
+    elif rope_scaling and rope["rope_type"] in ("linear", "yarn"):
+        writer.add_rope_scaling_type(gguf.RopeScalingType(rope["rope_type"]))
+        writer.add_rope_scaling_factor(rope["factor"])
+        if "original_max_position_embeddings" in rope:
+            writer.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
     _add_tokenizer(writer, tokenizer_kind, cfg.vocab_size)
 
     for name, tensor in _gguf_tensors(hf_model):
         if name not in skip_tensors:
             _add_tensor(writer, name, tensor, tensor_type)
-    for name, tensor in (extra_tensors or {}).items():
+    for name, tensor in extra.items():
         writer.add_tensor(name, np.ascontiguousarray(tensor, dtype=np.float32))
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def llama_cpp_rope_freqs(rope: Mapping, head_dim: int) -> np.ndarray:
+    """The ``rope_freqs.weight`` llama.cpp's converter writes for LLaMA-3.1 scaling.
+
+    One divisor per rotary pair: 1 for short wavelengths, ``factor`` for long ones, and in the
+    band between the inverse of the interpolated scale; llama.cpp divides each frequency by it.
+    """
+    theta, factor = rope["rope_theta"], rope["factor"]
+    low, high = rope["low_freq_factor"], rope["high_freq_factor"]
+    original = rope["original_max_position_embeddings"]
+    divisors = []
+    for i in range(0, head_dim, 2):
+        freq = 1.0 / theta ** (i / head_dim)
+        wavelen = 2 * math.pi / freq
+        if wavelen < original / high:
+            divisors.append(1.0)
+        elif wavelen > original / low:
+            divisors.append(factor)
+        else:
+            smooth = (original / wavelen - low) / (high - low)
+            divisors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(divisors, dtype=np.float32)
 
 
 def tokenizer_tokens(tokenizer_kind: str = "gpt2", vocab_size: int = TINY_VOCAB_SIZE) -> list[str]:

@@ -14,8 +14,12 @@ Layout written by :func:`write_meta_checkpoint`::
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 import random
+import re
+from collections import Counter
 from pathlib import Path
 
 import sentencepiece as spm
@@ -96,6 +100,58 @@ def train_tiny_sentencepiece(path: str | Path, *, vocab_size: int = TINY_VOCAB) 
     return path
 
 
+def train_tiny_tiktoken(path: str | Path, *, n_merges: int = 200) -> Path:
+    """Train a tiny byte-level BPE and write it as a tiktoken rank file, as LLaMA 3 ships it.
+
+    Ranks 0..255 are the single bytes (in byte order, so every text encodes); each merge of the
+    most frequent adjacent pair over the corpus's words gets the next rank. Written by hand
+    rather than with the module under test, one ``<base64 bytes> <rank>`` line per token.
+
+    Args:
+        path: where to write ``tokenizer.model``.
+        n_merges: learned tokens beyond the 256 bytes.
+
+    Returns:
+        ``path`` as a :class:`Path`.
+    """
+    words = Counter(
+        tuple(bytes([b]) for b in word.encode("utf-8"))
+        for line in tiny_corpus()
+        for word in re.findall(r" ?\w+| ?[^\w\s]+|\s+", line)
+    )
+    ranks = {bytes([b]): b for b in range(256)}
+    for _ in range(n_merges):
+        pairs: Counter = Counter()
+        for word, count in words.items():
+            for pair in zip(word, word[1:], strict=False):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best = max(pairs, key=lambda pair: (pairs[pair], pair))
+        ranks.setdefault(best[0] + best[1], len(ranks))
+        merged: Counter = Counter()
+        for word, count in words.items():
+            out, i = [], 0
+            while i < len(word):
+                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
+                    out.append(word[i] + word[i + 1])
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            merged[tuple(out)] += count
+        words = merged
+    path = Path(path)
+    lines = [f"{base64.b64encode(token).decode()} {rank}" for token, rank in ranks.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def tiktoken_vocab_size(path: str | Path) -> int:
+    """Base tokens in a rank file plus LLaMA 3's 256 special tokens."""
+    return sum(1 for line in Path(path).read_text().splitlines() if line.strip()) + 256
+
+
 def ffn_hidden_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None = None) -> int:
     """Meta's ``FeedForward`` hidden size, written out independently of the converter."""
     hidden = int(2 * (4 * dim) / 3)
@@ -104,8 +160,14 @@ def ffn_hidden_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None 
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
 
-def tiny_params(*, llama2: bool = False, vocab_size: int = -1) -> dict:
-    """params.json contents for a tiny LLaMA-1 (``llama2=False``) or LLaMA-2 style model."""
+def tiny_params(
+    *, llama2: bool = False, vocab_size: int = -1, llama3: bool = False, scaled_rope: bool = False
+) -> dict:
+    """params.json contents for a tiny LLaMA-1 (``llama2=False``), LLaMA-2 or LLaMA-3 model.
+
+    ``llama3`` gives LLaMA-3's keys (GQA, ``rope_theta`` 500000); ``scaled_rope`` adds
+    LLaMA-3.1's ``use_scaled_rope``.
+    """
     params = {
         "dim": TINY_DIM,
         "multiple_of": TINY_MULTIPLE_OF,
@@ -117,6 +179,11 @@ def tiny_params(*, llama2: bool = False, vocab_size: int = -1) -> dict:
     if llama2:
         params.update(n_kv_heads=TINY_KV_HEADS, ffn_dim_multiplier=1.3, rope_theta=500000.0)
         params["norm_eps"] = 1e-5
+    if llama3 or scaled_rope:
+        params.update(n_kv_heads=TINY_KV_HEADS, ffn_dim_multiplier=1.3, rope_theta=500000.0)
+        params["norm_eps"] = 1e-5
+        if scaled_rope:
+            params["use_scaled_rope"] = True
     return params
 
 
@@ -158,9 +225,9 @@ def random_meta_weights(params: dict, vocab_size: int, *, seed: int = 0) -> dict
 # Which dimension each Meta weight is split along in model parallelism (None: replicated).
 # Column-parallel linears split their output rows, row-parallel ones their input columns, and
 # LLaMA-1/2's ParallelEmbedding splits the embedding dimension.
-def _split_dim(name: str) -> int | None:
+def _split_dim(name: str, vocab_parallel: bool = False) -> int | None:
     if name == "tok_embeddings.weight":
-        return 1
+        return 0 if vocab_parallel else 1  # LLaMA-3's VocabParallelEmbedding splits the rows
     if name.endswith(("wo.weight", "w2.weight")):
         return 1
     if name.endswith(("wq.weight", "wk.weight", "wv.weight", "w1.weight", "w3.weight")):
@@ -170,11 +237,13 @@ def _split_dim(name: str) -> int | None:
     return None
 
 
-def shard_meta_weights(weights: dict[str, torch.Tensor], n_shards: int) -> list[dict]:
+def shard_meta_weights(
+    weights: dict[str, torch.Tensor], n_shards: int, *, vocab_parallel: bool = False
+) -> list[dict]:
     """Cut full weights into ``n_shards`` model-parallel state dicts, as Meta's release does."""
     shards: list[dict[str, torch.Tensor]] = [{} for _ in range(n_shards)]
     for name, tensor in weights.items():
-        dim = _split_dim(name)
+        dim = _split_dim(name, vocab_parallel)
         pieces = [tensor] * n_shards if dim is None else torch.chunk(tensor, n_shards, dim=dim)
         assert all(p.shape == pieces[0].shape for p in pieces), f"{name} does not split evenly"
         for shard, piece in zip(shards, pieces, strict=True):
@@ -193,6 +262,7 @@ def write_meta_checkpoint(
     tokenizer_in_parent: bool = False,
     tokenizer_path: str | Path | None = None,
     with_rope_freqs: bool = True,
+    tiktoken: bool = False,
 ) -> dict:
     """Write a tiny random Meta-format checkpoint and return its merged reference.
 
@@ -207,6 +277,9 @@ def write_meta_checkpoint(
         tokenizer_in_parent: put ``tokenizer.model`` in ``folder.parent`` as Meta's release does.
         tokenizer_path: copy this ``.model`` instead of training a new one (saves time).
         with_rope_freqs: add the ``rope.freqs`` buffer some LLaMA-1 shards carry.
+        tiktoken: LLaMA 3's layout: a tiktoken rank file as ``tokenizer.model`` (trained by
+            :func:`train_tiny_tiktoken` unless ``tokenizer_path`` is given) and the embedding
+            split along the vocabulary.
 
     Returns:
         ``{"params": dict, "weights": full fp32 weights, "vocab_size": int,
@@ -221,13 +294,16 @@ def write_meta_checkpoint(
         if Path(tokenizer_path).resolve() != tok_target.resolve():
             tok_target.write_bytes(Path(tokenizer_path).read_bytes())
     elif not tok_target.exists():
-        train_tiny_sentencepiece(tok_target)
-    vocab_size = spm.SentencePieceProcessor(model_file=str(tok_target)).get_piece_size()
+        (train_tiny_tiktoken if tiktoken else train_tiny_sentencepiece)(tok_target)
+    if tiktoken:
+        vocab_size = tiktoken_vocab_size(tok_target)
+    else:
+        vocab_size = spm.SentencePieceProcessor(model_file=str(tok_target)).get_piece_size()
 
     if weights is None:
         weights = random_meta_weights(params, vocab_size, seed=seed)
     (folder / "params.json").write_text(json.dumps(params))
-    for rank, shard in enumerate(shard_meta_weights(weights, n_shards)):
+    for rank, shard in enumerate(shard_meta_weights(weights, n_shards, vocab_parallel=tiktoken)):
         if with_rope_freqs:
             head_dim = params["dim"] // params["n_heads"]
             shard["rope.freqs"] = 1.0 / (
@@ -243,7 +319,36 @@ def write_meta_checkpoint(
     }
 
 
-def reference_forward(weights: dict[str, torch.Tensor], params: dict, tokens: torch.Tensor):
+def meta_scaled_freqs(freqs: list[float], params: dict) -> list[float]:
+    """LLaMA-3.1's rotary frequency scaling, written out as Meta's ``apply_scaling`` describes it.
+
+    Frequencies with a wavelength under ``8192 / high_freq_factor`` tokens are kept, those over
+    ``8192 / low_freq_factor`` are divided by the factor, and the band between interpolates.
+    """
+    factor = params.get("rope_scaling_factor") or 8.0
+    low, high = 1.0, params.get("rope_high_freq_factor") or 4.0
+    old_context = 8192.0
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < old_context / high:
+            out.append(freq)
+        elif wavelen > old_context / low:
+            out.append(freq / factor)
+        else:
+            smooth = (old_context / wavelen - low) / (high - low)
+            out.append((1 - smooth) * freq / factor + smooth * freq)
+    return out
+
+
+def reference_forward(
+    weights: dict[str, torch.Tensor],
+    params: dict,
+    tokens: torch.Tensor,
+    *,
+    dtype: torch.dtype = torch.float32,
+    positions: torch.Tensor | None = None,
+):
     """LLaMA's forward pass straight from Meta's ``model.py``, on unsharded Meta weights.
 
     Independent oracle for the converter: rotary embeddings use Meta's complex-number
@@ -254,9 +359,12 @@ def reference_forward(weights: dict[str, torch.Tensor], params: dict, tokens: to
         weights: full weights under Meta's names.
         params: params.json contents.
         tokens: ``[batch, seq]`` token ids.
+        dtype: compute dtype (``torch.float64`` for a tight oracle).
+        positions: rotary positions of the tokens (default ``0..seq-1``), to reach the
+            positions where LLaMA-3.1's scaled frequencies differ from plain RoPE.
 
     Returns:
-        ``[batch, seq, vocab]`` fp32 logits.
+        ``[batch, seq, vocab]`` logits in ``dtype``.
     """
     dim, n_heads, eps = params["dim"], params["n_heads"], params["norm_eps"]
     n_kv = params.get("n_kv_heads") or n_heads
@@ -267,16 +375,20 @@ def reference_forward(weights: dict[str, torch.Tensor], params: dict, tokens: to
     def rms_norm(x, w):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
-    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2)[: head_dim // 2].float() / head_dim))
+    weights = {k: v.to(dtype) for k, v in weights.items()}
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2)[: head_dim // 2].to(dtype) / head_dim))
+    if params.get("use_scaled_rope"):
+        freqs = torch.tensor(meta_scaled_freqs(freqs.tolist(), params), dtype=dtype)
+    pos = torch.arange(seqlen) if positions is None else positions
     freqs_cis = torch.polar(
-        torch.ones(seqlen, head_dim // 2), torch.outer(torch.arange(seqlen).float(), freqs)
+        torch.ones(seqlen, head_dim // 2, dtype=dtype), torch.outer(pos.to(dtype), freqs)
     )
 
     def rotary(x):  # x: [b, s, h, head_dim]; pairs (0,1), (2,3), ... are complex numbers
-        xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+        xc = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2).contiguous())
         return torch.view_as_real(xc * freqs_cis[None, :, None, :]).flatten(3)
 
-    mask = torch.full((seqlen, seqlen), float("-inf")).triu(1)
+    mask = torch.full((seqlen, seqlen), float("-inf"), dtype=dtype).triu(1)
     h = weights["tok_embeddings.weight"][tokens]
     for i in range(params["n_layers"]):
         w = {

@@ -82,9 +82,10 @@ def test_scoring_uses_fused_attention_unless_the_pattern_is_hooked(tiny_model, m
     calls = []
     real = F.scaled_dot_product_attention
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    before = [sdpa_enabled(b.attn) for b in tiny_model.bridge.blocks]
     fused = loglikelihood(tiny_model, REQUESTS)
     assert len(calls) > 0
-    assert not any(sdpa_enabled(b.attn) for b in tiny_model.bridge.blocks)  # restored
+    assert [sdpa_enabled(b.attn) for b in tiny_model.bridge.blocks] == before  # restored
     for (context, continuation), (ll, _) in zip(REQUESTS, fused, strict=True):
         assert ll == pytest.approx(direct_hf(tiny_model, context, continuation)[0], abs=1e-4)
     calls.clear()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import gguf
 import gguf_checkpoint as gc
@@ -236,11 +237,78 @@ def test_missing_tensor(tiny, tmp_path):
     assert_rejected(path, "missing", "blk.1.ffn_down.weight")
 
 
-def test_rope_frequency_factors_warn(tiny, tmp_path):
-    path = tmp_path / "llama31.gguf"
+LLAMA31_ROPE = {
+    "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "rope",
+    [
+        LLAMA31_ROPE,
+        {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
+        {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+         "original_max_position_embeddings": 64},
+    ],
+    ids=lambda rope: rope["rope_type"],
+)  # fmt: skip
+def test_rope_scaling_is_loaded(rope, tmp_path):
+    context = 131072 if rope["rope_type"] == "llama3" else 256
+    original = gc.tiny_llama(seed=4, rope_parameters=rope, max_position_embeddings=context, qk_scale=30)
+    path = tmp_path / f"{rope['rope_type']}.gguf"
+    gc.write_tiny_gguf(path, original)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "rope_freqs ignored" warning any more
+        model, _ = load_gguf(path)
+    got = model.config.rope_parameters
+    assert {k: got[k] for k in rope} == pytest.approx(rope) and got["rope_type"] == rope["rope_type"]
+    # Far enough along for the scaled (low) frequencies to matter.
+    positions = torch.arange(IDS.shape[1])[None] + 1000
+    with torch.no_grad():
+        want = original(IDS, position_ids=positions).logits
+        assert (model(IDS, position_ids=positions).logits - want).abs().max().item() <= 1e-5
+        plain_rope = {"rope_type": "default", "rope_theta": rope["rope_theta"]}
+        plain = gc.tiny_llama(seed=4, rope_parameters=plain_rope, qk_scale=30)
+        assert (plain(IDS, position_ids=positions).logits - want).abs().max().item() > 1e-3
+    if rope["rope_type"] == "llama3":
+        # llama.cpp's semantics: each base frequency divided by its rope_freqs entry.
+        divisors = torch.tensor(gc.llama_cpp_rope_freqs(rope, 16), dtype=torch.float64)
+        base = rope["rope_theta"] ** -(torch.arange(0, 16, 2, dtype=torch.float64) / 16)
+        assert torch.allclose(model.model.rotary_emb.inv_freq.double(), base / divisors, rtol=1e-5)
+
+
+def test_rope_frequency_factors_of_ones_are_plain_rope(tiny, tmp_path):
+    path = tmp_path / "ones.gguf"
     gc.write_tiny_gguf(path, tiny, extra_tensors={"rope_freqs.weight": np.ones(8)})
-    with pytest.warns(UserWarning, match="rope_freqs"):
+    model, _ = load_gguf(path)
+    assert model.config.rope_parameters["rope_type"] == "default"
+    assert (logits(model) - logits(tiny)).abs().max().item() <= 1e-5
+
+
+def test_unrecognised_rope_frequency_factors_warn(tiny, tmp_path):
+    path = tmp_path / "odd.gguf"
+    gc.write_tiny_gguf(path, tiny, extra_tensors={"rope_freqs.weight": np.linspace(1, 3, 8)})
+    with pytest.warns(UserWarning, match="rope_freqs.weight does not match LLaMA-3.1"):
         load_gguf(path)
+
+
+def test_bad_rope_scaling_is_rejected(tiny, tmp_path):
+    path = tmp_path / "longrope.gguf"
+    writer_add = gguf.GGUFWriter.add_rope_dimension_count
+
+    def add_longrope(self, count):
+        writer_add(self, count)
+        self.add_rope_scaling_type(gguf.RopeScalingType.LONGROPE)
+        self.add_rope_scaling_factor(4.0)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gguf.GGUFWriter, "add_rope_dimension_count", add_longrope)
+        gc.write_tiny_gguf(path, tiny)
+    assert_rejected(path, "rope.scaling.type 'longrope' is not supported")
+    path = tmp_path / "short.gguf"
+    gc.write_tiny_gguf(path, tiny, extra_tensors={"rope_freqs.weight": np.full(5, 2.0)})
+    assert_rejected(path, "rope_freqs.weight must hold 8 positive factors")
 
 
 def test_transformers_failure_is_wrapped(f32_gguf, monkeypatch):

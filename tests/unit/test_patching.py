@@ -1,5 +1,7 @@
 """Activation patching: exact against TransformerLens's patching functions and hand-made cases."""
 
+from functools import partial
+
 import pandas as pd
 import pytest
 import torch
@@ -33,9 +35,27 @@ def test_resumed_run_equals_a_full_forward(tiny_model, tokens):
         torch.testing.assert_close(resumed, run.logits.repeat(3, 1, 1), rtol=0, atol=1e-5)
 
 
+def test_a_suffix_run_on_the_recorded_keys_equals_a_full_forward(tiny_model, tokens):
+    # The tiny model has 4 query heads on 2 KV heads: the recorded K/V are per KV head.
+    run = RecordedRun(tiny_model, tokens[0])
+    assert run.can_resume_suffix
+    keys, values = run.keys_values[0]
+    n_pos = tokens[0].shape[1]
+    assert keys.shape == values.shape == (2, 2, n_pos, tiny_model.cfg.d_model // tiny_model.cfg.n_heads)
+    # Rows of copies joining at blocks 0 (two copies) and 2 (one): every start, first and last included.
+    for start in range(n_pos):
+        resumed = run.resume_suffix(start, [(0, 2), (2, 1)])
+        assert resumed.shape[:2] == (6, n_pos - start)
+        torch.testing.assert_close(resumed, run.logits[:, start:].repeat(3, 1, 1), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="increasing layer"):
+        run.resume_suffix(1, [(2, 1), (0, 1)])
+
+
 TL_SITES = [
     ("resid_pre", tl_patching.get_act_patch_resid_pre),
     ("resid_mid", tl_patching.get_act_patch_resid_mid),
+    ("resid_post", partial(tl_patching.generic_activation_patch, patch_setter=tl_patching.layer_pos_patch_setter,
+                           activation_name="resid_post", index_axis_names=("layer", "pos"))),
     ("attn_out", tl_patching.get_act_patch_attn_out),
     ("mlp_out", tl_patching.get_act_patch_mlp_out),
     ("head_out", tl_patching.get_act_patch_attn_head_out_all_pos),
@@ -54,6 +74,59 @@ def test_sweep_equals_transformer_lens(tiny_model, tokens, metric, site, tl_func
     res = wb.patch_sweep(tiny_model, CLEAN, CORRUPT, metric, site=site, batch_size=5, progress=False)
     assert res.raw.shape == expected.shape
     assert (res.raw - expected.cpu()).abs().max() <= 1e-4
+
+
+POSITION_SITES = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out_by_pos"]
+
+
+@pytest.mark.parametrize("site", POSITION_SITES)
+def test_reusing_the_prefix_never_changes_a_value(tiny_model, metric, site, monkeypatch):
+    # Oracle: the full-length path (every cell runs every position), itself equal to
+    # TransformerLens above. With one layer's worth of cells a pass (3 layers; 4 heads), every
+    # pass starts at its own position, p = 0 to the last; with 5, passes mix positions and layers.
+    calls = []
+    resume_suffix = RecordedRun.resume_suffix
+    monkeypatch.setattr(RecordedRun, "resume_suffix", lambda self, start, entries: calls.append(start)
+                        or resume_suffix(self, start, entries))
+    per_position = 3 * (4 if site == "head_out_by_pos" else 1)
+    fast = wb.patch_sweep(tiny_model, CLEAN, CORRUPT, metric, site=site, batch_size=per_position // 3 * 3,
+                          progress=False)
+    assert calls == sorted(calls) and set(calls) == set(range(len(fast.clean_tokens)))
+    mixed = wb.patch_sweep(tiny_model, CLEAN, CORRUPT, metric, site=site, batch_size=5, progress=False)
+    n_calls = len(calls)
+    full = wb.patch_sweep(tiny_model, CLEAN, CORRUPT, metric, site=site, batch_size=4, progress=False,
+                          reuse_prefix=False)
+    assert len(calls) == n_calls  # the full-length path does not reuse the prefix
+    assert (fast.raw - full.raw).abs().max() <= 1e-5
+    assert (mixed.raw - full.raw).abs().max() <= 1e-5
+    assert fast.raw[:, 0].abs().max() > 0 and fast.raw.shape == full.raw.shape
+    # Subsets: unordered and repeated layers, first and last position.
+    part = wb.patch_sweep(tiny_model, CLEAN, CORRUPT, metric, site=site, layers=[2, 0, 2], positions=[-1, 0],
+                          progress=False)
+    torch.testing.assert_close(part.raw, full.raw[[2, 0, 2]][:, [-1, 0]], rtol=0, atol=1e-5)
+
+
+def test_a_users_hook_gets_whole_prompts_and_acts_on_every_cell(tiny_model, metric, monkeypatch):
+    # With a hook attached the sweep takes the full-length path: the hook sees every position,
+    # and each cell equals a full forward with that hook and the patch (patched_logits).
+    monkeypatch.setattr(RecordedRun, "resume_suffix", lambda *a: pytest.fail("prefix reused under a user hook"))
+    seen = []
+
+    def steer(act, hook):
+        seen.append(act.shape[1])
+        return act + 0.5
+
+    with tiny_model.hooks([("blocks.1.hook_resid_post", steer)]):
+        res = wb.patch_sweep(tiny_model, CLEAN, CORRUPT, metric, site="resid_pre", layers=[0, 2], progress=False)
+        assert set(seen) == {len(res.clean_tokens)}
+        for li, layer in enumerate([0, 2]):
+            for pos in (0, 5, len(res.clean_tokens) - 1):
+                logits = patched_logits(tiny_model, CLEAN, CORRUPT, "resid_pre", layer, [(pos,)])
+                assert res.raw[li, pos].item() == pytest.approx(metric(logits).item(), abs=1e-5)
+    steered = res.raw
+    monkeypatch.undo()
+    plain = wb.patch_sweep(tiny_model, CLEAN, CORRUPT, metric, site="resid_pre", layers=[0, 2], progress=False)
+    assert not torch.allclose(plain.raw, steered)
 
 
 def test_a_resid_mid_patch_reaches_the_skip_connection(tiny_model, tokens, metric):

@@ -294,3 +294,23 @@ def test_cli_cache_writes_and_resumes(hf_folder, tmp_path, capsys):
     assert (tmp_path / "store" / "shards" / "00000" / "blocks.0.hook_resid_post.npy").read_bytes() == before
     assert main(args[:-4] + ["--positions", "last", "--out", str(tmp_path / "store")]) == 1
     assert "different arguments" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("positions", ["all", "last", slice(10, None)])
+def test_token_table_has_the_bytes_of_the_pandas_frame_of_lists(tiny_model, tmp_path, positions):
+    """The plan keeps flat arrays (O(shard) memory); tokens.parquet must still be byte-identical
+    to writing the frame of Python lists that stores were written from before."""
+    store = wb.cache_activations(tiny_model, TEXTS, hooks="blocks.0.hook_resid_post", positions=positions,
+                                 path=tmp_path / "s", shard_size=3, progress=False)
+    frame = pd.DataFrame({
+        "token_ids": [tiny_model.to_tokens(t)[0].tolist() for t in TEXTS],
+        "str_tokens": [tiny_model.to_str_tokens(t) for t in TEXTS],
+        "stored_positions": [store.positions_of(i) for i in range(len(TEXTS))],
+    })
+    oracle = tmp_path / "oracle.parquet"
+    frame.to_parquet(oracle, index=False)
+    assert (tmp_path / "s" / "tokens.parquet").read_bytes() == oracle.read_bytes()
+    memory = wb.cache_activations(tiny_model, TEXTS, hooks="blocks.0.hook_resid_post", positions=positions,
+                                  progress=False)
+    assert [memory.tokens(i) for i in range(7)] == [store.tokens(i) for i in range(7)] == frame["str_tokens"].tolist()
+    assert [memory.positions_of(i) for i in range(7)] == frame["stored_positions"].tolist()

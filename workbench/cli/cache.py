@@ -5,7 +5,8 @@
     workbench cache --model /shared/llama-7b --data texts.csv --out /shared/runs/acts --ray auto --workers 8
 
 ``--dtype`` is the model's dtype (as in every command); ``--store-dtype`` is the dtype the
-activations are written in. Rerunning the same command resumes the store.
+activations are written in. Rerunning the same command resumes the store; ``--repair`` first
+drops shards whose files are damaged (``workbench verify STORE`` lists them) so they are recomputed.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--too-long", default="truncate", choices=["truncate", "error"])
     p.add_argument("--out", required=True, help="store folder (rerun the same command to resume)")
     p.add_argument("--shard-size", type=int, default=4096, help="examples per shard (the unit of resume and of Ray work)")
+    p.add_argument("--repair", action="store_true",
+                   help="first drop damaged shards (checksum, size or missing file) so this run recomputes them")
     add_ray_options(p)
     p.set_defaults(run=cmd_cache)
 
@@ -41,6 +44,8 @@ def add_parser(sub: Any) -> None:
 def cmd_cache(args: argparse.Namespace, console: Console) -> int:
     from workbench.store import cache_activations
 
+    if args.repair:
+        _repair(args.out, console)
     frame = read_table(args.data)
     if args.limit is not None:
         frame = frame.head(args.limit)
@@ -59,6 +64,22 @@ def cmd_cache(args: argparse.Namespace, console: Console) -> int:
     for hook in store.hooks[:3]:
         console.print(f"  {hook}: {store[hook].shape} {store[hook].dtype}")
     return 0
+
+
+def _repair(out: str, console: Console) -> None:
+    from pathlib import Path
+
+    from workbench.store import repair_store
+    from workbench.store.store import MANIFEST
+
+    if not (Path(out) / MANIFEST).is_file():
+        console.print(f"--repair: {out} holds no store yet; nothing to repair")
+        return
+    dropped = repair_store(out)
+    if dropped:
+        console.print(f"--repair: dropped damaged shard(s) {dropped} from {out}; recomputing them")
+    else:
+        console.print(f"--repair: every shard of {out} matches its checksum")
 
 
 def read_table(path: str):

@@ -2,6 +2,7 @@
 
     workbench info --model path/to/llama          architecture, size, dtype, device, hooks, source
     workbench verify path/to/llama                checksums and file structure (exit code 0 / 1)
+    workbench verify runs/acts                    an activation store: every shard file's checksum
     workbench hooks --filter 'blocks.*.hook_resid_post'
 
 ``verify`` takes the checkpoint as a positional path: it checks files and loads no model.
@@ -27,8 +28,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=cmd_info)
 
-    p = sub.add_parser("verify", help="check a checkpoint's checksums and file structure")
-    p.add_argument("path", help="a checkpoint folder or file")
+    p = sub.add_parser("verify", help="check a checkpoint's or an activation store's checksums")
+    p.add_argument("path", help="a checkpoint folder or file, or an activation store folder")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_verify)
 
@@ -61,7 +62,13 @@ def cmd_info(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, console: Console) -> int:
+    from pathlib import Path
+
     from workbench.models.verify import verify_checkpoint
+    from workbench.store.store import MANIFEST
+
+    if (Path(args.path) / MANIFEST).is_file():
+        return verify_store_command(args, console)
 
     report = verify_checkpoint(args.path, progress=not args.json and sys.stderr.isatty())
     if args.json:
@@ -80,6 +87,30 @@ def cmd_verify(args: argparse.Namespace, console: Console) -> int:
     if not report.checks:
         console.print("[red]nothing to verify: no checklist and no weight files[/]")
     console.print("[green]OK[/]" if report.ok else "[bold red]FAILED[/]")
+    return 0 if report.ok else 1
+
+
+def verify_store_command(args: argparse.Namespace, console: Console) -> int:
+    """``workbench verify STORE``: every shard file against the manifest's size and sha256."""
+    from workbench.store import verify_store
+
+    report = verify_store(args.path)
+    if args.json:
+        print(json.dumps({"path": report.path, "ok": report.ok, "damaged_shards": report.damaged_shards,
+                          "checks": report.frame().to_dict("records")}, indent=2))
+        return 0 if report.ok else 1
+    table = Table(title=f"verify store {report.path}")
+    for column in ("shard", "hook", "status", "detail"):
+        table.add_column(column)
+    colours = {"ok": "green", "unchecked": "yellow", "mismatch": "red", "missing": "red"}
+    for c in report.checks:
+        table.add_row(c.shard, c.hook if c.hook != "-" else c.file, f"[{colours[c.status]}]{c.status}[/]", c.detail)
+    console.print(table)
+    if report.ok:
+        console.print("[green]OK[/]")
+    else:
+        console.print(f"[bold red]DAMAGED[/]: shard(s) {report.damaged_shards}; rerun the same "
+                      f"`workbench cache ... --repair` to recompute them")
     return 0 if report.ok else 1
 
 

@@ -14,20 +14,28 @@ anything attached (no forward or backward hook, which includes the caching hooks
 on the same tensors, in the same order, as in the original forward; only the two hooks that
 nobody listens to are skipped. SDPA gets the additive mask the original adds to its scores (HF's
 float mask as it is, anything else through the original's own ``_apply_reconstruct_attention_mask``),
-so causal and padding masks, fully masked rows included, give the same result.
+so causal and padding masks, fully masked rows included, and KV-cache decode steps (queries
+fewer than keys) give the same result. SDPA has a backward, so gradients (attribution patching,
+backward hooks on other hook points) flow through the fused path too.
+
+:func:`workbench.load_model` switches it on by default (``fast_attention=True``): the decision is
+made per layer and per call, so a hook on one layer's pattern runs that layer eagerly and leaves
+every other layer fused. ``load_model(..., fast_attention=False)``, ``model.fast_attention =
+False`` or ``with model.eager_attention():`` (:func:`eager_while`) give the original attention
+everywhere.
 
 Anything the fused path was not written for goes to the original forward, unchanged: a hook on
 either hook point (or a global module hook), training with dropout, TransformerLens's
-compatibility mode, ``use_split_qkv_input`` / ``use_attn_in`` / ``use_attn_result``, a KV cache
-holding earlier positions, a mask that is not a 4D HF mask, q/k norms, gated or scaled
-projections, softcapping, attention sinks, sliding windows, partial or interleaved RoPE, and
-half-precision activations (unless ``low_precision=True``: SDPA keeps the probabilities in fp32
-where the original rounds them to the model dtype, which would make a no-op hook on
-``hook_pattern`` change bf16 logits).
+compatibility mode, ``use_split_qkv_input`` / ``use_attn_in`` / ``use_attn_result``, a mask that
+is not a 4D HF mask, q/k norms, gated or scaled projections, softcapping, attention sinks,
+sliding windows, partial or interleaved RoPE, and half-precision activations (unless
+``low_precision=True``: SDPA keeps the probabilities in fp32 where the original rounds them to
+the model dtype, which would make a no-op hook on ``hook_pattern`` change bf16 logits).
 
 The results agree with the original to floating-point rounding, not bit for bit (SDPA sums in a
 different order): on SmolLM2-135M in fp32 the logits move by about 1e-4 on values of order 10,
-the same distance as between HF's own eager and SDPA attention.
+the same distance as between HF's own eager and SDPA attention; against HF's SDPA attention the
+fused path is closer still.
 """
 
 from __future__ import annotations
@@ -66,6 +74,23 @@ def disable_sdpa_when_unhooked(bridge: Any) -> None:
     """Undo :func:`enable_sdpa_when_unhooked`: every attention runs the original forward."""
     for attn in _attention_bridges(bridge):
         _unwrap(attn)
+
+
+@contextmanager
+def eager_while(bridge: Any) -> Iterator[None]:
+    """The original (eager) attention in every layer for the duration of the block.
+
+    For comparisons against eager references, or to rule the fused path out while debugging;
+    the layers that had the fused path get it back afterwards, even on error.
+    """
+    removed = [(attn, attn.__dict__[_ATTR]) for attn in _attention_bridges(bridge) if sdpa_enabled(attn)]
+    for attn, _ in removed:
+        _unwrap(attn)
+    try:
+        yield
+    finally:
+        for attn, options in removed:
+            _wrap(attn, options["low_precision"])
 
 
 @contextmanager
@@ -187,17 +212,9 @@ def _fused_plan(self, args: tuple, kwargs: dict):
     if head_dim is None or cos.shape[-1] != head_dim or sin.shape[-1] != head_dim:
         return None  # partial / half-width rotary
 
-    # Caches: the original reads past_key_values / layer_past; HF >= 5 passes `cache`. Only an
-    # empty cache (a prefill, or a plain forward) stays on the fused path, so the keys always
-    # cover exactly the query positions.
-    if kwargs.get("past_key_values") is not None or kwargs.get("layer_past") is not None:
-        return None
-    cache = kwargs.get("cache")
-    if cache is not None:
-        seq_length = getattr(cache, "get_seq_length", None)
-        layer_idx = getattr(self, "_layer_idx", None)
-        if seq_length is None or seq_length(layer_idx or 0) != 0:
-            return None
+    # Caches (past_key_values / layer_past, or HF >= 5's `cache`, see kv_cache.py) go through
+    # the same self._update_kv_cache call as in the original; the mask below is built for the
+    # extended key length, so decode steps with earlier positions cached stay fused.
     if kwargs.get("cycle_offset"):
         return None
 
@@ -281,7 +298,7 @@ def _fused_forward(self, hidden_states, cos, sin, attention_mask, kwargs):
     if hasattr(self, "hook_rot_k"):
         key_states = self.hook_rot_k(key_states)
 
-    # Same cache call as the original (a no-op on the empty caches we accept).
+    # Same cache call as the original: appends to the cache and returns all cached positions.
     key_states, value_states = self._update_kv_cache(key_states, value_states, **kwargs)
 
     kv_len, q_len = key_states.shape[-2], query_states.shape[-2]

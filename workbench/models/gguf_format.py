@@ -8,6 +8,10 @@ fresh, unflagged ``LlamaForCausalLM`` that can be saved as safetensors.
 
 The format's row in :data:`workbench.models.formats.FORMATS` is :func:`detect_gguf` (a ``.gguf``
 file, or a folder holding exactly one), :func:`locate_gguf` and :func:`load_gguf_format`.
+
+transformers ignores a llama GGUF's rotary scaling; :func:`gguf_rope_parameters` reads it (the
+``llama.rope.scaling.*`` keys, and the ``rope_freqs.weight`` factors llama.cpp's converter writes
+for LLaMA 3.1) so that the loaded model rotates as llama.cpp does.
 """
 
 from __future__ import annotations
@@ -186,14 +190,9 @@ def load_gguf(
     reader = _open_reader(path)
     meta = _metadata(path, reader)
     names = {tensor.name for tensor in reader.tensors}
-    del reader  # releases the memory map before transformers opens its own
     _check_llama(path, meta, names)
-    if "rope_freqs.weight" in names:
-        warnings.warn(
-            f"{path}: holds RoPE frequency factors (rope_freqs.weight, Llama 3.1-style scaling) "
-            "that transformers does not apply; logits will differ somewhat from llama.cpp's",
-            stacklevel=2,
-        )
+    rope = gguf_rope_parameters(path, reader)
+    del reader  # releases the memory map before transformers opens its own
     try:
         with _alone_in_a_folder(path) as (folder, name):
             # dequantize=True: never keep packed GGUF layers, which the plain copy below
@@ -202,7 +201,7 @@ def load_gguf(
                 folder, gguf_file=name, dtype=dtype, quantization_config=GgufConfig(dequantize=True)
             )
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = _unflagged_copy(loaded)
+        model = _unflagged_copy(loaded, rope)
     except Exception as err:
         detail = next(iter(str(err).strip().splitlines()), "")
         raise CheckpointError(
@@ -331,13 +330,18 @@ def _alone_in_a_folder(path: Path) -> Iterator[tuple[str, str]]:
         yield folder, path.name
 
 
-def _unflagged_copy(loaded: LlamaForCausalLM) -> LlamaForCausalLM:
-    # The same weights in a model built without the GGUF quantizer, which would block saving.
+def _unflagged_copy(loaded: LlamaForCausalLM, rope: dict | None = None) -> LlamaForCausalLM:
+    # The same weights in a model built without the GGUF quantizer, which would block saving,
+    # and with the file's rotary scaling (`rope`, from gguf_rope_parameters) in its config.
     from accelerate import init_empty_weights
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config_dict = loaded.config.to_dict()
     config_dict.pop("quantization_config", None)
+    if rope is not None:
+        theta = loaded.config.rope_parameters["rope_theta"]
+        config_dict.pop("rope_scaling", None)
+        config_dict["rope_parameters"] = {**rope, "rope_theta": theta}
     config = LlamaConfig.from_dict(config_dict)
     # Parameters start on the meta device and the loaded tensors are assigned, not copied, so
     # a large model is never held twice; buffers (RoPE frequencies) are computed as usual.
@@ -347,3 +351,105 @@ def _unflagged_copy(loaded: LlamaForCausalLM) -> LlamaForCausalLM:
     model.tie_weights()  # assign=True gave lm_head its own Parameter even when tied
     return model.eval()
 
+
+
+# LLaMA-3.1's scaling constants, used by llama.cpp's converter when it writes rope_freqs.weight.
+_LLAMA3_ORIGINAL_CONTEXT = 8192
+_LLAMA3_LOW_FREQ_FACTOR = 1.0
+_LLAMA3_HIGH_FREQ_FACTOR = 4.0
+
+
+def gguf_rope_parameters(path: str | Path, reader: gguf.GGUFReader) -> dict | None:
+    """The rotary scaling a llama GGUF asks for, as HF ``rope_parameters`` (without the base).
+
+    - ``llama.rope.scaling.type`` ``"linear"`` or ``"yarn"`` (with ``.factor`` and, for YaRN,
+      ``.original_context_length``) map to HF's rope types of the same names.
+    - A ``rope_freqs.weight`` tensor holds llama.cpp's per-frequency divisors; the ones
+      llama.cpp's converter writes for LLaMA 3.1 are HF's ``"llama3"`` type, recognised by
+      recomputing them (factor: the largest divisor or ``.factor``; original context
+      ``.original_context_length`` or 8192). All ones means no scaling.
+
+    Args:
+        path: the file, for messages.
+        reader: its open reader.
+
+    Returns:
+        ``{"rope_type": ..., ...}``, or None for plain RoPE.
+
+    Raises:
+        CheckpointError: an unsupported scaling type, or a malformed factor or ``rope_freqs``.
+    """
+    arch = SUPPORTED_ARCHITECTURE
+
+    def field(key: str) -> Any:
+        found = reader.get_field(f"{arch}.{key}")
+        return None if found is None else found.contents()
+
+    kind, factor = field("rope.scaling.type"), field("rope.scaling.factor")
+    original = field("rope.scaling.original_context_length")
+    freqs = next((t for t in reader.tensors if t.name == "rope_freqs.weight"), None)
+    if factor is not None and not (isinstance(factor, (int, float)) and factor > 0):
+        raise CheckpointError(f"{path}: {arch}.rope.scaling.factor must be positive, got {factor!r}")
+    if freqs is not None:
+        return _llama3_from_freqs(path, np.asarray(freqs.data, dtype=np.float64).ravel(),
+                                  field, factor, original)  # fmt: skip
+    if kind in (None, "none"):
+        return None
+    if kind not in ("linear", "yarn"):
+        raise CheckpointError(
+            f"{path}: {arch}.rope.scaling.type {kind!r} is not supported (linear, yarn, or "
+            "LLaMA-3.1 rope_freqs.weight)"
+        )
+    if factor is None:
+        raise CheckpointError(f"{path}: {arch}.rope.scaling.type is {kind!r} but has no .factor")
+    rope: dict[str, Any] = {"rope_type": kind, "factor": float(factor)}
+    if kind == "yarn" and original is not None:
+        rope["original_max_position_embeddings"] = int(original)
+    return rope
+
+
+def _llama3_from_freqs(path, divisors: np.ndarray, field, factor, original) -> dict | None:
+    head_dim = field("rope.dimension_count") or (
+        field("embedding_length") // field("attention.head_count")
+    )
+    if divisors.shape != (head_dim // 2,) or not np.all(np.isfinite(divisors) & (divisors > 0)):
+        raise CheckpointError(
+            f"{path}: rope_freqs.weight must hold {head_dim // 2} positive factors (one per "
+            f"rotary pair), got shape {divisors.shape}"
+        )
+    if np.allclose(divisors, 1.0):
+        return None
+    theta = float(field("rope.freq_base") or 10000.0)
+    rope = {
+        "rope_type": "llama3",
+        "factor": float(factor if factor is not None else divisors.max()),
+        "low_freq_factor": _LLAMA3_LOW_FREQ_FACTOR,
+        "high_freq_factor": _LLAMA3_HIGH_FREQ_FACTOR,
+        "original_max_position_embeddings": int(original or _LLAMA3_ORIGINAL_CONTEXT),
+    }
+    if not np.allclose(divisors, llama3_rope_divisors(theta, head_dim, rope), rtol=1e-4):
+        warnings.warn(
+            f"{path}: rope_freqs.weight does not match LLaMA-3.1 rotary scaling (factor "
+            f"{rope['factor']:g}, original context {rope['original_max_position_embeddings']}); "
+            "it is ignored, so logits will differ somewhat from llama.cpp's",
+            stacklevel=3,
+        )
+        return None
+    return rope
+
+
+def llama3_rope_divisors(theta: float, head_dim: int, rope: dict) -> np.ndarray:
+    """What LLaMA-3.1 scaling divides each rotary frequency by (llama.cpp's ``rope_freqs``).
+
+    >>> rope = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    ...         "original_max_position_embeddings": 8192}
+    >>> llama3_rope_divisors(500000.0, 128, rope)[[0, -1]].tolist()
+    [1.0, 8.0]
+    """
+    freqs = theta ** -(np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    wavelen = 2 * np.pi / freqs
+    original, factor = rope["original_max_position_embeddings"], rope["factor"]
+    low, high = rope["low_freq_factor"], rope["high_freq_factor"]
+    smooth = np.clip((original / wavelen - low) / (high - low), 0.0, 1.0)
+    scaled = (1 - smooth) * freqs / factor + smooth * freqs
+    return freqs / scaled

@@ -118,6 +118,39 @@ class HookedLlama:
             len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in set(self.bridge.hook_dict.values())
         )
 
+    # --- attention implementation (workbench.models.fast_attention) ---------------------------
+
+    @property
+    def fast_attention(self) -> bool:
+        """Whether layers with no ``hook_pattern`` / ``hook_attn_scores`` hook use fused SDPA.
+
+        True by default (``load_model(..., fast_attention=False)`` turns it off); assign
+        ``False`` for the original (eager) attention everywhere, ``True`` to switch it back.
+        """
+        from workbench.models.fast_attention import sdpa_enabled
+
+        attns = (block._modules.get("attn") for block in getattr(self.bridge, "blocks", ()))
+        return any(attn is not None and sdpa_enabled(attn) for attn in attns)
+
+    @fast_attention.setter
+    def fast_attention(self, on: bool) -> None:
+        from workbench.models import fast_attention
+
+        if on:
+            fast_attention.enable_sdpa_when_unhooked(self.bridge)
+        else:
+            fast_attention.disable_sdpa_when_unhooked(self.bridge)
+
+    def eager_attention(self) -> contextlib.AbstractContextManager:
+        """Context: the original (eager) attention in every layer; the fused path comes back after.
+
+        >>> with model.eager_attention():                             # doctest: +SKIP
+        ...     logits = model("Hello")  # as HF's attn_implementation="eager" computes it
+        """
+        from workbench.models.fast_attention import eager_while
+
+        return eager_while(self.bridge)
+
     # --- interventions (workbench.models.interventions) ----------------------------------------
 
     def steer(self, direction: Any, layer: int | None = None, alpha: float = 1.0, site: str | None = None):

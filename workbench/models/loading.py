@@ -43,7 +43,7 @@ def load_model(
     max_memory: dict | None = None,
     offload_folder: str | Path | None = None,
     verify: bool = True,
-    fast_attention: bool = False,
+    fast_attention: bool = True,
 ) -> HookedLlama:
     """Load a LLaMA-family checkpoint as a hooked model.
 
@@ -60,10 +60,13 @@ def load_model(
         offload_folder: where layers mapped to ``"disk"`` are kept.
         verify: check ``checklist.chk`` / ``*.sha256`` when the folder has one (the default);
             a mismatch raises :class:`ChecksumError`.
-        fast_attention: compute attention with fused SDPA whenever no hook looks inside it
-            (``hook_attn_scores`` / ``hook_pattern``); see ``workbench.models.fast_attention``.
-            Off by default: results then differ from eager attention by float rounding.
-            Log-likelihood evaluations (``run_eval``) use it while scoring either way.
+        fast_attention: compute attention with fused SDPA (as HF's default ``"sdpa"``
+            attention does) in every layer whose ``hook_attn_scores`` / ``hook_pattern`` nobody
+            hooks; a layer with such a hook runs the original (eager) attention, the others stay
+            fused. On by default (fp32/fp64; half precision stays eager). ``False`` gives eager
+            attention everywhere, as does ``model.fast_attention = False`` or ``with
+            model.eager_attention():`` later; see ``workbench.models.fast_attention``.
+            Log-likelihood evaluations (``run_eval``) use the fused path while scoring either way.
 
     Returns:
         A :class:`HookedLlama`.

@@ -16,6 +16,11 @@ Meta distributed LLaMA-1 and LLaMA-2 as a folder per model size::
 :class:`~workbench.common.errors.CheckpointError` naming the file), merges the model-parallel
 shards, rewrites the weights to Hugging Face's layout and returns a ``LlamaForCausalLM``
 together with a :class:`~workbench.models.sp_tokenizer.SentencePieceLlamaTokenizer`.
+LLaMA 3, 3.1, 3.2 and 3.3 keep the layout (one folder per model, ``tokenizer.model`` beside the
+shards) but their ``tokenizer.model`` is a tiktoken BPE rank file, read by
+:class:`~workbench.models.tiktoken_tokenizer.TiktokenLlamaTokenizer`, and their ``params.json``
+may ask for LLaMA-3.1's rotary scaling (``use_scaled_rope``), which becomes HF's ``"llama3"``
+rope type (:func:`~workbench.models.meta_params.rope_parameters`).
 ``params.json`` is read by :mod:`workbench.models.meta_params`, the shards are found and merged
 by :mod:`workbench.models.meta_shards`; this module renames and permutes the merged tensors for
 Hugging Face and holds the format's row in :data:`workbench.models.formats.FORMATS`
@@ -27,6 +32,7 @@ Shard files are pickles; they are only ever read through
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,11 +43,17 @@ from workbench.common.errors import CheckpointError
 from workbench.models.meta_params import PARAMS_FILE, MetaParams, build_config, read_params
 from workbench.models.meta_shards import SHARD_RE, find_shards, merge_shards
 from workbench.models.sp_tokenizer import SentencePieceLlamaTokenizer, load_sentencepiece_tokenizer
+from workbench.models.tiktoken_tokenizer import (
+    TiktokenLlamaTokenizer,
+    is_tiktoken_file,
+    load_tiktoken_tokenizer,
+)
 from workbench.models.verify import checked_source
 
 if TYPE_CHECKING:
     from workbench.models.hooked import ModelSource
 
+MetaTokenizer = SentencePieceLlamaTokenizer | TiktokenLlamaTokenizer
 TOKENIZER_FILE = "tokenizer.model"
 
 # --------------------------------------------------------------------------------------------
@@ -104,7 +116,7 @@ def find_tokenizer(folder: str | Path) -> Path:
         folder: the checkpoint folder (``llama/7B``).
 
     Returns:
-        The SentencePiece model's path.
+        The tokenizer file's path (SentencePiece for LLaMA 1/2, tiktoken for LLaMA 3).
 
     Raises:
         CheckpointError: neither folder has one.
@@ -119,7 +131,7 @@ def find_tokenizer(folder: str | Path) -> Path:
             return path
     raise CheckpointError(
         f"{candidates[0]}: file not found (also looked for {candidates[1]}); Meta checkpoints need "
-        "the SentencePiece tokenizer.model"
+        "their tokenizer.model (SentencePiece, or tiktoken for LLaMA 3)"
     )
 
 
@@ -285,7 +297,7 @@ def to_hf_state_dict(
 
 def load_meta_checkpoint(
     folder: str | Path, *, dtype: torch.dtype = torch.float32
-) -> tuple[LlamaForCausalLM, SentencePieceLlamaTokenizer]:
+) -> tuple[LlamaForCausalLM, MetaTokenizer]:
     """Load a Meta-format LLaMA checkpoint as a Hugging Face model and tokenizer.
 
     Args:
@@ -295,7 +307,8 @@ def load_meta_checkpoint(
 
     Returns:
         ``(model, tokenizer)``: an ``eval()``-mode ``LlamaForCausalLM`` on the CPU and a
-        :class:`SentencePieceLlamaTokenizer` that prepends BOS as LLaMA expects.
+        :class:`SentencePieceLlamaTokenizer` (LLaMA 1/2) or :class:`TiktokenLlamaTokenizer`
+        (LLaMA 3.x) that prepends BOS as LLaMA expects.
 
     Raises:
         CheckpointError: any file is missing, malformed, truncated, unsafe or inconsistent
@@ -311,9 +324,7 @@ def load_meta_checkpoint(
     params = read_params(folder)
     tokenizer_path = find_tokenizer(folder)
     shard_paths = find_shards(folder)
-    tokenizer = load_sentencepiece_tokenizer(
-        tokenizer_path, model_max_length=params.max_position_embeddings
-    )
+    tokenizer, params = _load_tokenizer(tokenizer_path, params)
 
     vocab_size = tokenizer.vocab_size
     if params.vocab_size != -1 and params.vocab_size != vocab_size:
@@ -333,7 +344,28 @@ def load_meta_checkpoint(
     config = build_config(params, tokenizer, vocab_size, dtype)
     model = _model_from_state_dict(config, state_dict)
     model.config.name_or_path = str(folder)
+    if isinstance(tokenizer, TiktokenLlamaTokenizer):
+        # Meta's generation stops at the end of text, of a turn, or of a tool-call message.
+        stops = ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")
+        model.generation_config.eos_token_id = [
+            tokenizer.convert_tokens_to_ids(t) for t in stops if t in tokenizer.get_vocab()
+        ]
     return model, tokenizer
+
+
+def _load_tokenizer(path: Path, params: MetaParams) -> tuple[MetaTokenizer, MetaParams]:
+    """The folder's tokenizer, by the file's content; a tiktoken file also marks LLaMA 3."""
+    if is_tiktoken_file(path):
+        params = dataclasses.replace(params, llama_version=3)
+        # LLaMA 3.1 renamed some reserved special tokens; its params.json is the first to have
+        # use_scaled_rope (3.1, 3.2 and 3.3 all do).
+        version = "3.1" if params.use_scaled_rope else "3.0"
+        tokenizer = load_tiktoken_tokenizer(
+            path, version=version, model_max_length=params.max_position_embeddings
+        )
+        return tokenizer, params
+    tokenizer = load_sentencepiece_tokenizer(path, model_max_length=params.max_position_embeddings)
+    return tokenizer, params
 
 
 def _model_from_state_dict(
@@ -355,7 +387,7 @@ def _model_from_state_dict(
 
 def load_meta_format(
     path: str | Path, *, dtype: torch.dtype, placement: dict | None = None, verify: bool = True
-) -> tuple[LlamaForCausalLM, SentencePieceLlamaTokenizer, ModelSource]:
+) -> tuple[LlamaForCausalLM, MetaTokenizer, ModelSource]:
     """The format registry's loader for Meta folders: checklist first, then the conversion.
 
     Args:
@@ -366,7 +398,8 @@ def load_meta_format(
             before any shard is unpickled).
 
     Returns:
-        ``(model, tokenizer, source)``; ``source.details["shards"]`` is the shard count.
+        ``(model, tokenizer, source)``; ``source.details`` has the shard count (``shards``) and
+        the tokenizer kind (``tokenizer``: ``"sentencepiece"`` or ``"tiktoken"``).
 
     >>> model, tokenizer, source = load_meta_format("llama/7B", dtype=torch.float32)  # doctest: +SKIP
     >>> source.format, source.checksum_status  # doctest: +SKIP
@@ -374,6 +407,11 @@ def load_meta_format(
     """
     path = Path(path)
     shards = len(list(path.glob("consolidated.*.pth")))
-    source = checked_source("meta", path, verify=verify, details={"shards": shards})
+    try:
+        kind = "tiktoken" if is_tiktoken_file(find_tokenizer(path)) else "sentencepiece"
+    except CheckpointError:
+        kind = "missing"  # load_meta_checkpoint says which file, after the checklist
+    details = {"shards": shards, "tokenizer": kind}
+    source = checked_source("meta", path, verify=verify, details=details)
     model, tokenizer = load_meta_checkpoint(path, dtype=dtype)
     return model, tokenizer, source

@@ -22,10 +22,12 @@ from workbench.common.errors import CheckpointError
 
 if TYPE_CHECKING:
     import torch
-
-    from workbench.models.sp_tokenizer import SentencePieceLlamaTokenizer
+    from transformers import PreTrainedTokenizerBase
 
 PARAMS_FILE = "params.json"
+# LLaMA-3's trained context, which LLaMA-3.1's rotary scaling stretches.
+LLAMA3_ORIGINAL_CONTEXT = 8192
+LLAMA3_LOW_FREQ_FACTOR = 1.0
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,13 @@ class MetaParams:
         vocab_size: vocabulary size, or -1 when it is to be taken from the tokenizer.
         rope_theta: rotary base frequency (10000.0 unless given, e.g. 1e6 for Code Llama).
         max_seq_len: context length if params.json states one, else None.
-        llama_version: 1 or 2, guessed from the keys present (LLaMA-2 files add ``n_kv_heads``,
-            ``ffn_dim_multiplier`` or ``rope_theta``, or use ``norm_eps`` 1e-5).
+        llama_version: 1, 2 or 3, guessed from the keys present (LLaMA-2 files add
+            ``n_kv_heads``, ``ffn_dim_multiplier`` or ``rope_theta``, or use ``norm_eps`` 1e-5;
+            LLaMA-3 files have a 128,256-token vocabulary or ``use_scaled_rope``); the loader
+            sets 3 when ``tokenizer.model`` is a tiktoken file.
+        use_scaled_rope: LLaMA-3.1's rescaled rotary frequencies (see :func:`rope_parameters`).
+        rope_scaling_factor: that scaling's factor (8 unless params.json says otherwise).
+        rope_high_freq_factor: its high-frequency factor (4 unless params.json says otherwise).
     """
 
     dim: int
@@ -58,6 +65,9 @@ class MetaParams:
     rope_theta: float = 10000.0
     max_seq_len: int | None = None
     llama_version: int = 1
+    use_scaled_rope: bool = False
+    rope_scaling_factor: float = 8.0
+    rope_high_freq_factor: float = 4.0
 
     @property
     def head_dim(self) -> int:
@@ -71,9 +81,12 @@ class MetaParams:
 
     @property
     def max_position_embeddings(self) -> int:
-        """Trained context: ``max_seq_len`` if given, else 2048 (LLaMA-1) or 4096 (LLaMA-2)."""
+        """Trained context: ``max_seq_len`` if given, else 2048 (LLaMA-1), 4096 (LLaMA-2),
+        8192 (LLaMA-3) or 131072 (LLaMA-3.1 and later, with scaled rotary)."""
         if self.max_seq_len is not None:
             return self.max_seq_len
+        if self.llama_version >= 3:
+            return 131072 if self.use_scaled_rope else LLAMA3_ORIGINAL_CONTEXT
         return 4096 if self.llama_version >= 2 else 2048
 
 
@@ -144,12 +157,9 @@ def read_params(folder: str | Path) -> MetaParams:
             raise CheckpointError(f"{path}: {key!r} must be {want}, got {value!r}")
         return value
 
-    if raw.get("use_scaled_rope"):
-        # LLaMA-3.1 rescales the rotary frequencies; converting it as plain RoPE would silently
-        # give a different model.
-        raise CheckpointError(
-            f"{path}: 'use_scaled_rope' (LLaMA-3.1 RoPE scaling) is not supported"
-        )
+    use_scaled_rope = raw.get("use_scaled_rope", False)
+    if not isinstance(use_scaled_rope, bool):
+        raise CheckpointError(f"{path}: 'use_scaled_rope' must be true or false, got {use_scaled_rope!r}")
 
     dim = get("dim", int)
     n_heads = get("n_heads", int)
@@ -168,6 +178,10 @@ def read_params(folder: str | Path) -> MetaParams:
         rope_theta=float(get("rope_theta", (int, float), default=10000.0)),
         max_seq_len=get("max_seq_len", int, default=None),
         llama_version=_guess_llama_version(raw),
+        use_scaled_rope=use_scaled_rope,
+        # Meta's later reference code reads these two optional keys (None: the 3.1 values).
+        rope_scaling_factor=float(get("rope_scaling_factor", (int, float), default=8.0)),
+        rope_high_freq_factor=float(get("rope_high_freq_factor", (int, float), default=4.0)),
     )
 
     if vocab_size != -1 and vocab_size <= 0:
@@ -184,6 +198,8 @@ def read_params(folder: str | Path) -> MetaParams:
 
 
 def _guess_llama_version(raw: dict) -> int:
+    if "use_scaled_rope" in raw or raw.get("vocab_size") == 128256:
+        return 3
     # LLaMA-2 7B/13B params.json have exactly LLaMA-1's keys; only norm_eps differs (1e-5 vs 1e-6).
     if any(key in raw for key in ("n_kv_heads", "ffn_dim_multiplier", "rope_theta")):
         return 2
@@ -191,8 +207,31 @@ def _guess_llama_version(raw: dict) -> int:
 
 
 
+def rope_parameters(params: MetaParams) -> dict:
+    """HF ``rope_parameters`` for ``params``: plain RoPE, or LLaMA-3.1's ``"llama3"`` scaling.
+
+    Meta's reference code (``apply_scaling``) keeps rotary frequencies whose wavelength is under
+    ``8192 / high_freq_factor`` tokens, divides those longer than ``8192 / low_freq_factor`` by
+    ``factor``, and interpolates linearly in ``8192 / wavelength`` between; HF's ``"llama3"``
+    rope type computes the same from these four numbers.
+
+    >>> rope_parameters(MetaParams(64, 2, 4, 4, 1e-5, 32, rope_theta=5e5, use_scaled_rope=True))
+    {'rope_type': 'llama3', 'rope_theta': 500000.0, 'factor': 8.0, 'low_freq_factor': 1.0, 'high_freq_factor': 4.0, 'original_max_position_embeddings': 8192}
+    """
+    if not params.use_scaled_rope:
+        return {"rope_type": "default", "rope_theta": params.rope_theta}
+    return {
+        "rope_type": "llama3",
+        "rope_theta": params.rope_theta,
+        "factor": params.rope_scaling_factor,
+        "low_freq_factor": LLAMA3_LOW_FREQ_FACTOR,
+        "high_freq_factor": params.rope_high_freq_factor,
+        "original_max_position_embeddings": LLAMA3_ORIGINAL_CONTEXT,
+    }
+
+
 def build_config(
-    params: MetaParams, tokenizer: SentencePieceLlamaTokenizer, vocab_size: int, dtype: torch.dtype
+    params: MetaParams, tokenizer: PreTrainedTokenizerBase, vocab_size: int, dtype: torch.dtype
 ) -> LlamaConfig:
     """The ``LlamaConfig`` equivalent to ``params`` (special token ids from the tokenizer).
 
@@ -222,7 +261,7 @@ def build_config(
         max_position_embeddings=params.max_position_embeddings,
         rms_norm_eps=params.norm_eps,
         # transformers 5 takes the rotary base only through rope_parameters.
-        rope_parameters={"rope_type": "default", "rope_theta": params.rope_theta},
+        rope_parameters=rope_parameters(params),
         tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

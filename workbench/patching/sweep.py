@@ -12,11 +12,24 @@ It computes the same numbers as TransformerLens's patching functions, faster:
   and a single hook patches each copy at its own position / head;
 - blocks before the patched layer are not recomputed: their outputs are those of the unpatched
   run, recorded once (:class:`~workbench.patching.runs.RecordedRun`), and the batch starts at
-  the patched block.
+  the patched block;
+- for the position-resolved sites (all but ``head_out``), positions before the patched one are
+  not recomputed either: attention is causal, so a patch at position ``p`` cannot reach them.
+  Cells are batched in order of position: a pass runs positions ``p ..`` only (``p`` its
+  first cell's), each cell's rows joining the batch at its own layer, and every block attends
+  to the recorded run's keys and values for positions ``< p``
+  (:meth:`~workbench.patching.runs.RecordedRun.resume_suffix`). About half the work of the
+  full-length pass; the values are those of a full forward, to float rounding.
+
+Hooks already attached to the model when the sweep starts (a steering vector, an ablation) act
+on every patched run, as in TransformerLens's functions. They would see only positions ``p ..``
+in a prefix-reusing pass, so while any is attached the sweep takes the full-length path, where
+each row is a whole prompt; ``reuse_prefix=False`` asks for that path always (a check).
 """
 
 from __future__ import annotations
 
+import itertools
 import numbers
 from typing import Sequence
 
@@ -47,6 +60,7 @@ def patch_sweep(
     heads: Sequence[int] | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    reuse_prefix: bool = True,
 ) -> PatchResult:
     """Patch every (layer, position) or (layer, head) cell of a site and record the metric.
 
@@ -61,6 +75,10 @@ def patch_sweep(
         layers, positions, heads: restrict the sweep (default: all).
         batch_size: patched cells per forward pass (default: as many as fit a 256 MiB logits budget).
         progress: show a progress bar.
+        reuse_prefix: for position-resolved sites, run only the positions from the patched one
+            on, with the unpatched run's keys/values before it (see the module docstring).
+            ``False``, or a hook attached to the model, or ``site="head_out"`` (a head patched
+            at every position): every cell runs all positions.
 
     Returns:
         A :class:`PatchResult`.
@@ -95,17 +113,13 @@ def patch_sweep(
         batch_size = max(1, min(256, _LOGITS_BUDGET_BYTES // per_cell))
     raw = torch.empty(len(layers), len(cells))
     bar = tqdm(total=len(layers) * len(cells), desc=f"patching {site}", disable=not progress, unit="cell")
+    # Decided before any hook of ours is attached: a user's hook must see whole prompts.
+    suffix = reuse_prefix and "pos" in site_info.axes and model.active_hook_count() == 0 and base.can_resume_suffix
     try:
-        for li, layer in enumerate(layers):
-            hook = site_info.hook_name(layer)
-            for start in range(0, len(cells), batch_size):
-                chunk = cells[start : start + batch_size]
-                patch = _patch_hook(site_info, chunk, source.cache[hook], n_prompts)
-                with model.hooks([(hook, patch)]):
-                    logits = base.resume(layer, copies=len(chunk))
-                for c in range(len(chunk)):
-                    raw[li, start + c] = evaluate_metric(metric, logits[c * n_prompts : (c + 1) * n_prompts])
-                bar.update(len(chunk))
+        if suffix:
+            _sweep_suffixes(model, site_info, layers, cells, base, source, metric, batch_size, raw, bar)
+        else:
+            _sweep_full(model, site_info, layers, cells, base, source, metric, batch_size, raw, bar)
     finally:
         bar.close()
 
@@ -113,6 +127,53 @@ def patch_sweep(
     return PatchResult.from_raw(model, raw.reshape(shape), site=site_info, mode=mode, method="exact", metric=metric,
                                 clean_value=clean_value, corrupt_value=corrupt_value, clean_tokens=clean_tokens,
                                 corrupt_tokens=corrupt_tokens, layers=layers, positions=positions, heads=heads)
+
+
+def _sweep_full(model, site_info, layers, cells, base, source, metric, batch_size, raw, bar) -> None:
+    """Each layer's cells in batches of copies of the prompts, all positions, from that layer on."""
+    n_prompts = base.batch
+    for li, layer in enumerate(layers):
+        hook = site_info.hook_name(layer)
+        for start in range(0, len(cells), batch_size):
+            chunk = cells[start : start + batch_size]
+            patch = _patch_hook(site_info, chunk, source.cache[hook], n_prompts)
+            with model.hooks([(hook, patch)]):
+                logits = base.resume(layer, copies=len(chunk))
+            for c in range(len(chunk)):
+                raw[li, start + c] = evaluate_metric(metric, logits[c * n_prompts : (c + 1) * n_prompts])
+            bar.update(len(chunk))
+
+
+def _sweep_suffixes(model, site_info, layers, cells, base, source, metric, batch_size, raw, bar) -> None:
+    """Cells by patched position, ``batch_size`` a pass, each pass over positions ``start ..`` only.
+
+    A pass holds the next ``batch_size`` cells in order of position (any layers); it runs from
+    ``start``, its smallest patched position: a cell patched later recomputes a few positions it
+    cannot change, which costs less than more passes would (each pass runs every block from its
+    first layer on). Cells join the pass at their own layer, by increasing layer; each layer's
+    hook patches only the rows that join there (earlier rows carry their own patch already).
+    The metric sees whole logits: positions ``< start`` from the unpatched run.
+    """
+    n_prompts = base.batch
+    order = sorted((cell[0], layer, li, ci) for li, layer in enumerate(layers) for ci, cell in enumerate(cells))
+    for first in range(0, len(order), batch_size):
+        start = order[first][0]
+        chunk = sorted(order[first : first + batch_size], key=lambda member: member[1:])  # by layer
+        entries, hooks, offset = [], [], 0
+        for layer, members in itertools.groupby(chunk, key=lambda member: member[1]):
+            patched = [cells[ci] for _, _, _, ci in members]
+            hook = site_info.hook_name(layer)
+            hooks.append((hook, _patch_hook(site_info, patched, source.cache[hook], n_prompts,
+                                            row_offset=offset, start=start)))
+            entries.append((layer, len(patched)))
+            offset += len(patched) * n_prompts
+        with model.hooks(hooks):
+            logits = base.resume_suffix(start, entries)
+        prefix = base.logits[:, :start]
+        for c, (_, _, li, ci) in enumerate(chunk):
+            rows = logits[c * n_prompts : (c + 1) * n_prompts]
+            raw[li, ci] = evaluate_metric(metric, torch.cat([prefix, rows], dim=1) if start else rows)
+        bar.update(len(chunk))
 
 
 def patched_logits(model, clean, corrupt, site: str, layer: int, cells: Sequence[Sequence[int]], *,
@@ -238,8 +299,13 @@ def _cells(site: Site, positions: list[int], heads: list[int]) -> list[tuple[int
     return [(p, h) for p in positions for h in heads]
 
 
-def _patch_hook(site: Site, chunk: list[tuple[int, ...]], source: torch.Tensor, n_prompts: int):
+def _patch_hook(site: Site, chunk: list[tuple[int, ...]], source: torch.Tensor, n_prompts: int, *,
+                row_offset: int = 0, start: int = 0):
     """A hook writing ``source`` into copy ``c`` of the batch at cell ``chunk[c]``.
+
+    Copy ``c`` is rows ``row_offset + c * n_prompts ..`` of the activation; when the run covers
+    only positions ``start ..`` (a prefix-reusing pass), position ``p`` is the activation's
+    ``p - start``.
 
     It writes in place, on purpose: the bridge's ``hook_resid_mid`` is the MLP norm's input,
     and only an in-place write also reaches the residual connection around the MLP (a
@@ -247,18 +313,19 @@ def _patch_hook(site: Site, chunk: list[tuple[int, ...]], source: torch.Tensor, 
     is safe.
     """
     copies = len(chunk)
-    rows = torch.arange(copies * n_prompts)
-    prompt_of_row = rows % n_prompts
+    prompt_of_row = torch.arange(copies * n_prompts) % n_prompts
+    rows = torch.arange(copies * n_prompts) + row_offset
     cell = torch.tensor(chunk).repeat_interleave(n_prompts, dim=0)  # [rows, len(axes)]
+    at = cell[:, 0] - start  # the patched position within the activation (pos-resolved sites)
 
     def patch(activation: torch.Tensor, hook) -> torch.Tensor:
         src = source.to(activation.device, activation.dtype)
         if site.axes == ("pos",):
-            activation[rows, cell[:, 0]] = src[prompt_of_row, cell[:, 0]]
+            activation[rows, at] = src[prompt_of_row, cell[:, 0]]
         elif site.axes == ("head",):
             activation[rows, :, cell[:, 0]] = src[prompt_of_row, :, cell[:, 0]]
         else:
-            activation[rows, cell[:, 0], cell[:, 1]] = src[prompt_of_row, cell[:, 0], cell[:, 1]]
+            activation[rows, at, cell[:, 1]] = src[prompt_of_row, cell[:, 0], cell[:, 1]]
         return activation
 
     return patch

@@ -6,7 +6,7 @@ bytes (so the same inputs give the same bytes), and every tool reads it. A shard
 of one ``.npy`` per hook, written with plain ``pwrite`` calls (a full disk raises ``OSError``,
 where writing through a memory map would kill the process with SIGBUS) under a temporary name,
 fsynced and renamed when complete. The manifest, rewritten atomically after each shard, lists
-only complete shards, so a killed job resumes at the first missing shard and ends byte-identical
+only complete shards (each with its files' sizes and sha256, see ``integrity.py``), so a killed job resumes at the first missing shard and ends byte-identical
 to an uninterrupted run. ``store.py`` reads what is written here.
 
 A sink is where a run's rows go: :class:`MemorySink` (preallocated arrays, ``path=None``) or
@@ -28,6 +28,7 @@ import numpy as np
 
 from workbench.common.files import atomic_write, rename_into_place
 from workbench.common.versions import versions
+from workbench.store.integrity import file_record
 from workbench.store.store import FORMAT_VERSION, MANIFEST, ActivationStore, ShardedArray, StoreError
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ class MemorySink:
 
     def store(self) -> ActivationStore:
         arrays = {h: ShardedArray([a]) for h, a in self.arrays.items()}
-        return ActivationStore(self.config, self.plan.meta, arrays, self.plan.tokens, None, True)
+        return ActivationStore(self.config, self.plan.meta, arrays, self.plan.tokens_frame(), None, True)
 
 
 class _MemoryShard:
@@ -100,11 +101,18 @@ class DiskSink:
             shutil.rmtree(self.path / "shards", ignore_errors=True)
         (self.path / "shards").mkdir(parents=True, exist_ok=True)
         atomic_write(self.path / "meta.parquet", lambda f: self.plan.meta.to_parquet(f, index=False))
-        atomic_write(self.path / "tokens.parquet", lambda f: self.plan.tokens.to_parquet(f, index=False))
+        atomic_write(self.path / "tokens.parquet", self._write_tokens)
         manifest = {"format_version": FORMAT_VERSION, "config": self.config, "shards": [],
                     "complete": False, "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         self._save(manifest)
         return manifest
+
+    def _write_tokens(self, f) -> None:
+        import pyarrow.parquet as pq
+
+        # What DataFrame.to_parquet(f, index=False) wrote (same bytes), without the frame of
+        # Python lists: the token table is built from the plan's flat arrays.
+        pq.write_table(self.plan.token_arrow(), f, compression="snappy")
 
     def has_shard(self, k: int) -> bool:
         return any(s["index"] == k for s in self.manifest["shards"])
@@ -168,11 +176,15 @@ class _DiskShard:
                 os.fsync(fd)
                 os.close(fd)
             self.files = {}
+            # Sizes and checksums of the bytes as written (read back from the page cache):
+            # ActivationStore.open checks the sizes, `workbench verify` the checksums.
+            records = {hook: file_record(self.tmp / f"{hook}.npy") for hook in self.sink.config["hook_features"]}
             # A complete shard a killed run renamed but did not record is replaced.
             rename_into_place(self.tmp, self.sink.path / "shards" / self.name)
         except OSError as err:
             raise _disk_error(self.sink.path, self.k, err) from err
-        self.sink.shard_done({"index": self.k, "name": self.name, "start": self.start, "stop": self.stop})
+        self.sink.shard_done({"index": self.k, "name": self.name, "start": self.start, "stop": self.stop,
+                              "files": records})
 
     def abort(self) -> None:
         for fd in self.files.values():

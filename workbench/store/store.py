@@ -3,7 +3,8 @@
 On disk (see ``format.py`` for how it is written)::
 
     runs/acts/
-      manifest.json          configuration + the list of complete shards (never a partial one)
+      manifest.json          configuration + the list of complete shards (never a partial one),
+                             each with its files' sizes and sha256 (see ``integrity.py``)
       meta.parquet           one row per example: example_id, text, n_tokens, row_start, row_stop, ...
       tokens.parquet         token ids and str tokens of every example
       shards/00000/<hook>.npy   rows of the shard's examples, in input order
@@ -145,13 +146,18 @@ class ActivationStore:
     config: dict
     meta: pd.DataFrame
     arrays: dict[str, ShardedArray]
-    token_table: pd.DataFrame
+    tokens_frame: pd.DataFrame | None  # None: read from ``path`` when first asked for
     path: Path | None = None
     complete: bool = True
 
     @classmethod
     def open(cls, path: str | Path) -> "ActivationStore":
-        """Open a store folder; an unfinished one opens up to its last complete shard."""
+        """Open a store folder; an unfinished one opens up to its last complete shard.
+
+        Raises:
+            StoreError: not a store, or a shard file is missing or has the wrong size (the
+                message names the shard and hook and how to recover).
+        """
         path = Path(path)
         manifest_file = path / MANIFEST
         if not manifest_file.is_file():
@@ -161,21 +167,28 @@ class ActivationStore:
             raise StoreError(f"{manifest_file}: unknown store format {manifest.get('format_version')!r}")
         config = manifest["config"]
         meta = pd.read_parquet(path / "meta.parquet")
-        tokens = pd.read_parquet(path / "tokens.parquet")
         shards = _complete_prefix(manifest["shards"])
         done = np.zeros(len(meta), dtype=bool)
         for shard in shards:
             done[shard["start"] : shard["stop"]] = True
-        arrays = {}
-        for hook, spec in config["hook_features"].items():
-            parts = [
-                np.load(path / "shards" / shard["name"] / f"{hook}.npy", mmap_mode="c") for shard in shards
-            ]
-            arrays[hook] = ShardedArray(parts, np.dtype(config["dtype"]), tuple(spec))
-        meta, tokens = _visible(meta, tokens, done)
-        return cls(config, meta, arrays, tokens, path, complete=manifest["complete"])
+        arrays = {
+            hook: ShardedArray(parts, np.dtype(config["dtype"]), tuple(config["hook_features"][hook]))
+            for hook, parts in _map_shards(path, config, meta, shards).items()
+        }
+        # Token lists (~100 bytes a token as pandas objects) are read on first use, so opening
+        # a store, or the store a caching job returns, costs no memory per token.
+        return cls(config, meta[done].reset_index(drop=True), arrays, None, path, complete=manifest["complete"])
 
     # --- access ---------------------------------------------------------------------------
+
+    @property
+    def token_table(self) -> pd.DataFrame:
+        """token_ids, str_tokens and stored_positions of every visible example."""
+        if self.tokens_frame is None:
+            table = pd.read_parquet(self.path / "tokens.parquet")
+            # Visible examples are a prefix (shards complete in order).
+            self.tokens_frame = table.iloc[: len(self.meta)].reset_index(drop=True)
+        return self.tokens_frame
 
     @property
     def hooks(self) -> list[str]:
@@ -242,6 +255,34 @@ class ActivationStore:
                 f"positions={self.config['positions']['policy']!r}, dtype={self.config['dtype']}{state})")
 
 
+def _map_shards(path: Path, config: dict, meta: pd.DataFrame, shards: list[dict]) -> dict[str, list[np.ndarray]]:
+    # Sizes first (one stat per file): a truncated or missing file is named with its shard and
+    # hook here, instead of failing later deep inside numpy.
+    from workbench.store.integrity import damage_message, size_problem
+
+    damaged, parts = [], {hook: [] for hook in config["hook_features"]}
+    for shard in shards:
+        rows = int(meta["row_stop"].iloc[shard["stop"] - 1]) - int(meta["row_start"].iloc[shard["start"]])
+        for hook, features in config["hook_features"].items():
+            file = path / "shards" / shard["name"] / f"{hook}.npy"
+            problem = size_problem(file, shard, hook)
+            if problem is None:
+                try:
+                    part = np.load(file, mmap_mode="c")
+                except (ValueError, OSError) as err:
+                    problem = f"unreadable ({err})"
+                else:
+                    if part.shape != (rows, *features) or part.dtype != np.dtype(config["dtype"]):
+                        problem = f"holds {part.dtype}{list(part.shape)}, expected {config['dtype']}{[rows, *features]}"
+            if problem is None:
+                parts[hook].append(part)
+            else:
+                damaged.append((shard, hook, problem))
+    if damaged:
+        raise StoreError(damage_message(path, damaged))
+    return parts
+
+
 def _complete_prefix(shards: list[dict]) -> list[dict]:
     # Rows are numbered as if every earlier shard exists, so only a gap-free run from shard 0
     # can be shown (shards written out of order by parallel workers wait for the gap to fill).
@@ -250,9 +291,3 @@ def _complete_prefix(shards: list[dict]) -> list[dict]:
     while len(prefix) in by_index:
         prefix.append(by_index[len(prefix)])
     return prefix
-
-
-def _visible(meta: pd.DataFrame, tokens: pd.DataFrame, done: np.ndarray):
-    # Rows of examples in unfinished shards do not exist yet; row offsets of the visible
-    # examples are already right because shards complete in order.
-    return meta[done].reset_index(drop=True), tokens[done].reset_index(drop=True)

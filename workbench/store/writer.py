@@ -117,7 +117,7 @@ def run_shard(model, plan: Plan, config: dict, sink, k: int, start: int, stop: i
             batch = order[b : b + config["batch_size"]]
             acts = _forward(model, plan, batch, hooks, pad_id)
             for j, example in enumerate(batch):
-                positions = plan.tokens["stored_positions"].iloc[example]
+                positions = plan.stored_positions(example)
                 for hook in hooks:
                     shard.write(hook, example, _select(acts[hook][j], positions, policy).astype(np_dtype))
             if on_batch is not None:
@@ -133,11 +133,11 @@ class _AllCaptured(Exception):
 
 
 def _forward(model, plan: Plan, batch: np.ndarray, hooks: list[str], pad_id: int):
-    ids = [plan.tokens["token_ids"].iloc[i] for i in batch]
+    ids = [plan.token_ids(i) for i in batch]
     width = max(len(x) for x in ids)
     tokens = torch.full((len(ids), width), pad_id, dtype=torch.long)
     for j, x in enumerate(ids):
-        tokens[j, : len(x)] = torch.as_tensor(x)  # right padding: no real token attends to a pad
+        tokens[j, : len(x)] = torch.from_numpy(x.astype(np.int64))  # right padding: no real token attends to a pad
     captured: dict[str, np.ndarray] = {}
 
     def capturer(name: str):
