@@ -314,3 +314,29 @@ def test_token_table_has_the_bytes_of_the_pandas_frame_of_lists(tiny_model, tmp_
                                   progress=False)
     assert [memory.tokens(i) for i in range(7)] == [store.tokens(i) for i in range(7)] == frame["str_tokens"].tolist()
     assert [memory.positions_of(i) for i in range(7)] == frame["stored_positions"].tolist()
+
+
+def test_token_table_written_in_row_groups_reads_back_whole(tiny_model, tmp_path, monkeypatch):
+    """tokens.parquet is written a batch of examples at a time (memory O(batch)); a table of
+    several row groups reads back as the same frame, and the data hash is the one-piece hash."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    from workbench.store import plan as plan_module
+
+    one = wb.cache_activations(tiny_model, TEXTS, hooks="blocks.0.hook_resid_post", positions="all",
+                               path=tmp_path / "one", progress=False)
+    lengths = one.meta["n_tokens"].tolist()
+    monkeypatch.setattr(plan_module, "TOKEN_BATCH_TOKENS", lengths[0] + lengths[1])
+    many = wb.cache_activations(tiny_model, TEXTS, hooks="blocks.0.hook_resid_post", positions="all",
+                                path=tmp_path / "many", progress=False)
+    groups = pq.ParquetFile(tmp_path / "many" / "tokens.parquet").metadata
+    assert 1 < groups.num_row_groups < len(TEXTS)
+    assert groups.row_group(0).num_rows == 2  # whole examples up to the budget
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "many" / "tokens.parquet"),
+                                  pd.read_parquet(tmp_path / "one" / "tokens.parquet"))
+    assert [many.tokens(i) for i in range(len(TEXTS))] == [one.tokens(i) for i in range(len(TEXTS))]
+    frame = pd.DataFrame({"text": [f"row {i} \u00e9" for i in range(11)], "label": range(11)})
+    whole = hashlib.sha256(frame.to_json(orient="records", lines=True, default_handler=str).encode()).hexdigest()
+    assert plan_module._data_hash(frame, rows_per_chunk=3) == plan_module._data_hash(frame) == whole

@@ -108,11 +108,17 @@ class DiskSink:
         return manifest
 
     def _write_tokens(self, f) -> None:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        # What DataFrame.to_parquet(f, index=False) wrote (same bytes), without the frame of
-        # Python lists: the token table is built from the plan's flat arrays.
-        pq.write_table(self.plan.token_arrow(), f, compression="snappy")
+        from workbench.store.plan import token_schema
+
+        # One row group per batch of examples, written as it is built: the token table of a
+        # dataset never sits in memory whole (pandas reads it back as one frame of lists).
+        with pq.ParquetWriter(f, token_schema(), compression="snappy") as writer:
+            for batch in self.plan.token_batches():
+                writer.write_batch(batch)
+        pa.default_memory_pool().release_unused()  # arrow's allocator keeps freed batches otherwise
 
     def has_shard(self, k: int) -> bool:
         return any(s["index"] == k for s in self.manifest["shards"])

@@ -53,6 +53,9 @@ def prepare_cache(model, texts, hooks: HookSelection, *, positions: Any, dtype: 
     return plan, config
 
 
+TOKEN_BATCH_TOKENS = 1 << 16  # tokens (whole examples) per row group of tokens.parquet
+
+
 @dataclass
 class Plan:
     """What will be stored: per-example token ids, stored positions and row ranges.
@@ -81,35 +84,54 @@ class Plan:
         return self.positions[self.position_offsets[i] : self.position_offsets[i + 1]]
 
     def token_arrow(self):
-        """The ``tokens.parquet`` table (token_ids, str_tokens, stored_positions), built from the
-        flat arrays; its bytes equal those of the pandas frame of lists it replaces."""
+        """The ``tokens.parquet`` table (token_ids, str_tokens, stored_positions) of every example."""
+        import pyarrow as pa
+
+        return pa.Table.from_batches(list(self.token_batches()), schema=token_schema())
+
+    def token_batches(self, tokens_per_batch: int | None = None):
+        """The token table in record batches of about ``tokens_per_batch`` tokens (whole
+        examples), built from the flat arrays one batch at a time: writing the table costs
+        memory for one batch (about 40 bytes a token), not for the dataset."""
         import pyarrow as pa
 
         vocab = np.array(sorted(self.pieces), dtype=np.int64)
         lookup = np.zeros(int(vocab.max()) + 1 if len(vocab) else 1, dtype=np.int64)
         lookup[vocab] = np.arange(len(vocab))
         strings = pa.array([self.pieces[int(i)] for i in vocab], type=pa.string())
-        offsets = pa.array(self.id_offsets.astype(np.int32))
-        table = pa.table({
-            "token_ids": pa.ListArray.from_arrays(offsets, pa.array(self.ids.astype(np.int64))),
-            "str_tokens": pa.ListArray.from_arrays(offsets, strings.take(pa.array(lookup[self.ids]))),
-            "stored_positions": pa.ListArray.from_arrays(pa.array(self.position_offsets.astype(np.int32)),
-                                                         pa.array(self.positions.astype(np.int64))),
-        })
-        return table.replace_schema_metadata(_pandas_metadata())
+        schema = token_schema()
+        budget = tokens_per_batch or TOKEN_BATCH_TOKENS
+        n = len(self.meta)
+        a = 0
+        while a < n:
+            # whole examples up to the budget (at least one)
+            b = max(a + 1, int(np.searchsorted(self.id_offsets, self.id_offsets[a] + budget, side="right")) - 1)
+            b = min(b, n)
+            lo, hi = self.id_offsets[a], self.id_offsets[b]
+            ids = self.ids[lo:hi]
+            offsets = pa.array((self.id_offsets[a : b + 1] - lo).astype(np.int32))
+            p_lo, p_hi = self.position_offsets[a], self.position_offsets[b]
+            p_offsets = pa.array((self.position_offsets[a : b + 1] - p_lo).astype(np.int32))
+            yield pa.record_batch([
+                pa.ListArray.from_arrays(offsets, pa.array(ids.astype(np.int64))),
+                pa.ListArray.from_arrays(offsets, strings.take(pa.array(lookup[ids]))),
+                pa.ListArray.from_arrays(p_offsets, pa.array(self.positions[p_lo:p_hi].astype(np.int64))),
+            ], schema=schema)
+            a = b
 
     def tokens_frame(self) -> pd.DataFrame:
         """The token table as pandas (what an in-memory store holds)."""
         return self.token_arrow().to_pandas()
 
 
-def _pandas_metadata() -> dict:
-    # What DataFrame.to_parquet(index=False) records: it depends on the columns' types only
-    # (and on no index), so a one-row frame of the same types gives it.
+def token_schema():
+    """The token table's arrow schema, with the pandas metadata ``DataFrame.to_parquet(index=False)``
+    records (it depends on the columns' types only, so a one-row frame of the same types gives it):
+    the table reads back as the pandas frame of lists it replaces."""
     import pyarrow as pa
 
     sample = pd.DataFrame({"token_ids": [[0]], "str_tokens": [["a"]], "stored_positions": [[0]]})
-    return pa.Schema.from_pandas(sample, preserve_index=False).metadata
+    return pa.Schema.from_pandas(sample, preserve_index=False)
 
 
 def as_frame(texts, text_column: str = "text") -> pd.DataFrame:
@@ -236,7 +258,15 @@ def _stored_positions(policy: dict, length: int, frame: pd.DataFrame, row: int) 
     return [position % length]
 
 
-def _data_hash(frame: pd.DataFrame) -> str:
+def _data_hash(frame: pd.DataFrame, rows_per_chunk: int = 4096) -> str:
+    """sha256 of the frame as JSON lines, hashed a chunk of rows at a time (the JSON of a whole
+    dataset is never built): the same digest as hashing ``frame.to_json(orient="records",
+    lines=True)`` in one piece, which is what stores record."""
     h = hashlib.sha256()
-    h.update(frame.to_json(orient="records", lines=True, default_handler=str).encode())
+    for start in range(0, len(frame), rows_per_chunk):
+        chunk = frame.iloc[start : start + rows_per_chunk]
+        text = chunk.to_json(orient="records", lines=True, default_handler=str)
+        if start + rows_per_chunk < len(frame) and not text.endswith("\n"):
+            text += "\n"  # pandas versions that end the lines without a final newline
+        h.update(text.encode())
     return h.hexdigest()
