@@ -152,6 +152,7 @@ def scale_child(model_arg, corpus: str, n_tokens: int, batch_size: int, hook: st
     thread samples the current RSS every 5 ms while the job runs, and the job's peak is
     reported over the RSS just before it started.
     """
+    import ctypes
     import gc
     import threading
 
@@ -159,7 +160,13 @@ def scale_child(model_arg, corpus: str, n_tokens: int, batch_size: int, hook: st
 
     model = wb.load_model(model_arg, device="cpu")
     texts = corpus_texts(corpus, n_tokens, model.tokenizer)
+    # The base is what the job starts from: the weights paged in by one forward (a memory-mapped
+    # checkpoint is resident only once used) and the heap the text preparation freed handed
+    # back (malloc_trim), so what grows from it is the job's own memory.
+    with torch.no_grad():
+        model(model.to_tokens(texts[0]))
     gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     base = _rss_mib()
     peak, running = [base], True
 

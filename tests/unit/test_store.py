@@ -340,3 +340,25 @@ def test_token_table_written_in_row_groups_reads_back_whole(tiny_model, tmp_path
     frame = pd.DataFrame({"text": [f"row {i} \u00e9" for i in range(11)], "label": range(11)})
     whole = hashlib.sha256(frame.to_json(orient="records", lines=True, default_handler=str).encode()).hexdigest()
     assert plan_module._data_hash(frame, rows_per_chunk=3) == plan_module._data_hash(frame) == whole
+
+
+def test_conversations_are_cached_as_the_model_sees_them(tiny_model, tmp_path):
+    """A conversation row is rendered with the chat template (one BOS) and stored as rendered;
+    its activations equal run_with_cache on model.chat_tokens."""
+    model = wb.load_model(tiny_model.source.path, device="cpu", chat_template="chatml")
+    conversation = [{"role": "user", "content": "the cat sat on a mat"}]
+    store = wb.cache_activations(model, [conversation, "the dog ran"], hooks="blocks.1.hook_resid_post",
+                                 positions="all", path=tmp_path / "s", progress=False)
+    tokens = model.chat_tokens(conversation)
+    _, cache = model.run_with_cache(tokens, names_filter="blocks.1.hook_resid_post")
+    rows = slice(0, tokens.shape[1])  # positions="all": example 0's rows come first
+    np.testing.assert_allclose(store["blocks.1.hook_resid_post"][rows], cache["blocks.1.hook_resid_post"][0].numpy(),
+                               atol=1e-5)
+    assert store.meta["text"][0] == model.format_chat(conversation)
+    assert store.meta["chat"].tolist() == [True, False]
+    assert store.meta["n_tokens"][0] == tokens.shape[1]
+    assert (store.token_table.iloc[0]["token_ids"] == tokens[0].numpy()).all()
+    with pytest.raises(TypeError, match="wrap it in a list"):
+        wb.cache_activations(model, conversation, progress=False)
+    with pytest.raises(TypeError, match="row 1 is dict"):
+        wb.cache_activations(model, ["a", {"role": "user"}], progress=False)

@@ -13,7 +13,12 @@ so scores are the same as its on the same model and tokenizer:
   tokens (BPE merges across the boundary are honoured as lm-eval does);
 * an empty context becomes the single prefix token (BOS, else EOS) and the continuation is
   encoded without special tokens; this is how CrowS-Pairs sentences are scored;
-* the score is the sum of ``log_softmax`` over the vocabulary at the continuation positions.
+* the score is the sum of ``log_softmax`` over the vocabulary at the continuation positions;
+* a chat-rendered context (``run_eval(..., chat=True)``, see ``workbench.evals.scoring.chat_render``)
+  is scored the same way, with ``specials_in_text=True``: special-token strings in it
+  (``<|im_start|>``, ``<s>``) are those tokens, and a context that begins with the BOS string gets
+  no second BOS, as lm-eval's ``tok_encode`` has it. Its trailing newline after the assistant
+  header moves to the continuation like any trailing whitespace.
 
 Every forward pass goes through ``model(tokens)`` (the TransformerLens bridge), never
 ``model.hf_model`` directly, so steering / ablation hooks that are active on the model apply
@@ -58,7 +63,8 @@ class Encoded:
     continuation: tuple[int, ...]
 
 
-def encode_pair(tokenizer: Any, context: str, continuation: str, add_bos: bool | None = None) -> Encoded:
+def encode_pair(tokenizer: Any, context: str, continuation: str, add_bos: bool | None = None,
+                specials_in_text: bool = False) -> Encoded:
     """Token ids of ``(context, continuation)`` as lm-evaluation-harness's HF backend makes them.
 
     Args:
@@ -66,16 +72,21 @@ def encode_pair(tokenizer: Any, context: str, continuation: str, add_bos: bool |
             when it loads the model folder; ``model.tokenizer_adds_bos``). The bridge's
             ``model.tokenizer`` always prepends it, so pass this for a model loaded through
             workbench; ``None`` uses ``tokenizer``'s current default.
+        specials_in_text: special-token strings in the text (``<|im_start|>``, ``<s>``) are
+            those tokens, as in a chat-rendered context (``split_special_tokens=False``; Meta's
+            SentencePiece tokenizer otherwise encodes them as plain text).
 
     >>> enc = encode_pair(model.tokenizer, "Q: 2+2?\\nA:", " 4", add_bos=model.tokenizer_adds_bos)   # doctest: +SKIP
     """
 
+    split = {"split_special_tokens": False} if specials_in_text else {}
+
     def tok(text: str, special: bool | None = None) -> list[int]:
         if special is None and add_bos is not None:
-            ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+            ids = list(tokenizer(text, add_special_tokens=False, **split)["input_ids"])
             return [int(prefix)] + ids if add_bos and prefix is not None else ids
         kwargs = {} if special is None else {"add_special_tokens": special}
-        return list(tokenizer(text, **kwargs)["input_ids"])
+        return list(tokenizer(text, **kwargs, **split)["input_ids"])
 
     prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if context == "":
@@ -107,6 +118,7 @@ def loglikelihood(
     min_saved_tokens: int = MIN_SAVED_TOKENS,
     row_tokens: int = ROW_TOKENS,
     progress: bool | Any = False,
+    specials_in_text: bool = False,
 ) -> list[tuple[float, int]]:
     """Summed log-likelihood and token count of each ``(context, continuation)`` request.
 
@@ -124,6 +136,8 @@ def loglikelihood(
             ``_score_plain``); 1 gives every distinct input a row of its own, positions
             0..n-1 (what a hook that indexes positions expects).
         progress: show a tqdm bar (``True``), or a callable ``advance(n)`` to report to.
+        specials_in_text: contexts are chat-rendered: special-token strings in them are those
+            tokens (see :func:`encode_pair`).
 
     Returns:
         ``[(loglik, n_continuation_tokens)]`` in the order of ``requests``.
@@ -132,7 +146,8 @@ def loglikelihood(
     [(-2.31, 1)]
     """
     add_bos = getattr(model, "tokenizer_adds_bos", None)
-    encoded = [encode_pair(model.tokenizer, c, x, add_bos=add_bos) for c, x in requests]
+    encoded = [encode_pair(model.tokenizer, c, x, add_bos=add_bos, specials_in_text=specials_in_text)
+               for c, x in requests]
     for (context, _), enc in zip(requests, encoded, strict=True):
         if not enc.continuation:
             raise ValueError(f"empty continuation for context {context[-60:]!r}: nothing to score")

@@ -1,8 +1,10 @@
 """The log-likelihood suite kind: from a suite's examples to scored samples and the metrics table.
 
 ``render`` turns each example into a context and its choices with the suite's prompt template;
-``score`` asks the log-likelihood scorer for every (context, choice) pair and builds the
-samples table (one row per example); ``metrics_table`` computes each metric overall and per
+with ``chat=True`` (:func:`with_chat`) the context is then rendered with the model's chat template
+as lm-evaluation-harness's ``--apply_chat_template`` does (:func:`chat_render`); ``score`` asks
+the log-likelihood scorer for every (context, choice) pair and builds the samples table (one row
+per example, with ``prompt_ids_sha256``: a hash of the context's token ids, what the model saw); ``metrics_table`` computes each metric overall and per
 category, with a seeded bootstrap CI and ``n``. ``run_loglik`` is the ``loglik`` row's runner in
 :data:`workbench.evals.kinds.KINDS`: it loads the examples (built in, or from the data
 directory), takes the seeded subset, scores and summarises.
@@ -10,6 +12,8 @@ directory), takes the seeded subset, scores and summarises.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,10 +26,22 @@ from workbench.evals import metrics as M
 from workbench.evals.data import RowPolicy, describe_files, find_files
 from workbench.evals.kinds import KindRun
 from workbench.evals.loaders import LOADERS
-from workbench.evals.loglik import BATCH_TOKENS, loglikelihood
+from workbench.evals.loglik import BATCH_TOKENS, encode_pair, loglikelihood
 from workbench.evals.options import EvalOptions
 from workbench.evals.result import METRIC_COLUMNS
 from workbench.evals.suites import SuiteSpec, builtin_examples
+from workbench.models.chat import (
+    HOW_TO_PASS,
+    ChatTemplate,
+    NoChatTemplateError,
+    special_tokens,
+    token_ids_hash,
+    validate_messages,
+)
+
+# The key of a suite's ``prompt`` under which :func:`with_chat` passes the chat template (the
+# spec travels to Ray workers with it, so their scoring renders the same prompts).
+CHAT_KEY = "_chat"
 
 # Metric name -> (function, sample columns passed to it as arrays, in order).
 METRICS: dict[str, tuple[Callable[..., float], tuple[str, ...]]] = {
@@ -70,10 +86,53 @@ def render(spec: SuiteSpec, example: dict) -> tuple[str, list[list[str]]]:
     return context, [[delim + c for c in choices] for choices in lists]
 
 
+def with_chat(spec: SuiteSpec, model: Any, options: EvalOptions) -> SuiteSpec:
+    """``spec`` carrying the model's chat template and the system prompt when ``options.chat``.
+
+    Raises:
+        NoChatTemplateError: ``options.chat`` and the model has no chat template.
+    """
+    if not options.chat:
+        return spec
+    template = getattr(model, "chat_template", None)
+    if template is None:
+        name = getattr(getattr(model, "source", None), "name", "the model")
+        raise NoChatTemplateError(f"{spec.name}: chat=True, but {name} has no chat template; {HOW_TO_PASS}")
+    chat = {"name": template.name, "source": template.source, "template": template.template,
+            "system_prompt": options.system_prompt}
+    return dataclasses.replace(spec, prompt={**spec.prompt, CHAT_KEY: chat})
+
+
+def chat_render(model: Any, spec: SuiteSpec, context: str, lists: list[list[str]]) -> tuple[str, list[list[str]]]:
+    """A rendered ``(context, choice lists)`` as lm-evaluation-harness 0.4.13 makes them with
+    ``--apply_chat_template``: the context is one user message (after the system prompt, if
+    any) rendered with an open assistant turn, and the choices lose the target delimiter
+    (``construct_requests``: no delimiter after a generation prompt). Unchanged without chat."""
+    chat = spec.prompt.get(CHAT_KEY)
+    if not chat:
+        return context, lists
+    template = ChatTemplate(chat["name"], chat["source"], chat["template"])
+    messages = validate_messages([{"role": "user", "content": context}], chat.get("system_prompt"))
+    text = template.render(messages, add_generation_prompt=True, special_tokens=special_tokens(model.tokenizer))
+    cut = len(_delimiter(spec, raw=True))
+    return text, [[c[cut:] for c in choices] for choices in lists]
+
+
+def _delimiter(spec: SuiteSpec, raw: bool = False) -> str:
+    """The target delimiter before each choice: none for chat-rendered prompts (unless ``raw``)."""
+    return "" if spec.prompt.get(CHAT_KEY) and not raw else str(spec.prompt.get("delimiter", " "))
+
+
 def score(model: Any, spec: SuiteSpec, examples: pd.DataFrame, *, progress: Any = False,
           batch_tokens: int = BATCH_TOKENS) -> pd.DataFrame:
-    """Score every example; returns the samples table (see ``workbench.evals`` for columns)."""
-    rendered = [render(spec, ex) for ex in examples.to_dict("records")]
+    """Score every example; returns the samples table (see ``workbench.evals`` for columns).
+
+    Each row's ``context`` is the text the model was given (chat-rendered with
+    :func:`with_chat`) and ``prompt_ids_sha256`` the hash (:func:`~workbench.models.chat.token_ids_hash`)
+    of its token ids, ``prompt_n_tokens`` their number.
+    """
+    rendered = [chat_render(model, spec, *render(spec, ex)) for ex in examples.to_dict("records")]
+    chat = bool(spec.prompt.get(CHAT_KEY))
     requests: list[tuple[str, str]] = []
     for context, lists in rendered:
         for choices in lists:
@@ -85,18 +144,22 @@ def score(model: Any, spec: SuiteSpec, examples: pd.DataFrame, *, progress: Any 
         bar = tqdm(total=len(requests), desc=spec.name, unit="req")
         progress = bar.update
     try:
-        scored = iter(loglikelihood(model, requests, batch_tokens=batch_tokens, progress=progress))
+        scored = iter(loglikelihood(model, requests, batch_tokens=batch_tokens, progress=progress,
+                                    specials_in_text=chat))
     finally:
         if bar is not None:
             bar.close()
 
     rows = []
+    add_bos = getattr(model, "tokenizer_adds_bos", None)
+    delim = _delimiter(spec)
     for ex, (context, lists) in zip(examples.to_dict("records"), rendered, strict=True):
         per_list = [[next(scored) for _ in choices] for choices in lists]
-        delim = str(spec.prompt.get("delimiter", " "))
+        # the context's ids as the scorer encodes them (the same for every choice)
+        seen = encode_pair(model.tokenizer, context, lists[0][0], add_bos=add_bos, specials_in_text=chat).context
         row = {
             "example_id": ex["example_id"], "suite": spec.name, "category": str(ex.get("category", "")),
-            "context": context,
+            "context": context, "prompt_ids_sha256": token_ids_hash(seen), "prompt_n_tokens": len(seen),
             "choices": [c[len(delim):] for c in lists[0]],
             "loglik": [s for s, _ in per_list[0]],
             "n_tokens": [n for _, n in per_list[0]],
@@ -149,7 +212,7 @@ def _truthfulqa_mc(spec, ex, row, lists, per_list) -> dict:
     mc2_ll = [s for s, _ in per_list[1]]
     pred = M.argmax_choice(mc1_ll)
     label = int(np.argmax(ex["mc1_labels"]))
-    delim = str(spec.prompt.get("delimiter", " "))
+    delim = _delimiter(spec)
     return {"label": label, "prediction": pred, "correct": pred == label,
             "mc1": M.mc1_example(mc1_ll, ex["mc1_labels"]),
             "mc2": M.mc2_example(mc2_ll, ex["mc2_labels"]),
@@ -210,11 +273,22 @@ def load_examples(spec: SuiteSpec, options: EvalOptions) -> tuple[pd.DataFrame, 
 
 def run_loglik(model: Any, spec: SuiteSpec, options: EvalOptions, params: dict[str, Any],
                out: Path | None = None) -> KindRun:
-    """The ``loglik`` kind's runner (see :mod:`workbench.evals.kinds`); ``out`` is not needed."""
+    """The ``loglik`` kind's runner (see :mod:`workbench.evals.kinds`); ``out`` is not needed.
+
+    With ``options.chat`` prompts are chat-rendered (:func:`with_chat`; checked before any data is
+    read) and the manifest gets ``chat_template``: its name, source and sha256.
+    """
+    with_chat(spec, model, options)  # a model without a template fails before any data is read
     examples, data, policy = load_examples(spec, options)
     if options.limit is not None and options.limit < len(examples):
         examples = examples.sample(n=options.limit, random_state=options.seed).sort_index()
     examples = examples.reset_index(drop=True)
-    samples = (options.score_examples or score)(model, spec, examples, progress=bool(options.progress))
+    chat_spec = with_chat(spec, model, options)
+    samples = (options.score_examples or score)(model, chat_spec, examples, progress=bool(options.progress))
     metrics = metrics_table(spec, samples, seed=options.seed, n_boot=params["n_bootstrap"])
-    return KindRun(metrics, samples, data, policy.skipped)
+    extra = {}
+    if options.chat:
+        chat = chat_spec.prompt[CHAT_KEY]
+        extra["chat_template"] = {"name": chat["name"], "source": chat["source"],
+                                  "sha256": hashlib.sha256(chat["template"].encode("utf-8")).hexdigest()}
+    return KindRun(metrics, samples, data, policy.skipped, extra)

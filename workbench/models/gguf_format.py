@@ -159,6 +159,25 @@ def read_gguf_metadata(path: str | Path) -> dict[str, Any]:
     return _metadata(path, _open_reader(path))
 
 
+def read_gguf_chat_template(path: str | Path) -> str | None:
+    """The chat template a GGUF file carries (its ``tokenizer.chat_template`` metadata), if any.
+
+    transformers copies it into the tokenizer it builds from the file (``tokenizer_config``'s
+    ``chat_template``), which is what ``load_model`` uses; this reads the header itself (seconds
+    for a large vocabulary), to check that copy.
+
+    Raises:
+        CheckpointError: the file is missing, not a GGUF, or truncated.
+
+    >>> from workbench.models.embedded import embedded_gguf_path
+    >>> read_gguf_chat_template(embedded_gguf_path()).startswith("{% for message in messages %}")  # doctest: +SKIP
+    True
+    """
+    found = _open_reader(Path(path)).get_field("tokenizer.chat_template")
+    text = None if found is None else found.contents()
+    return text if isinstance(text, str) and text else None
+
+
 def load_gguf(
     path: str | Path, *, dtype: torch.dtype = torch.float32
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase]:

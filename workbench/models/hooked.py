@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from workbench.models import interventions
+from workbench.models import chat, interventions
 from workbench.models.hooks import build_catalogue, select_hooks
 
 
@@ -70,6 +70,8 @@ class HookedLlama:
         # Whether the checkpoint's own tokenizer prepends BOS by default (TransformerLens makes the
         # bridge's tokenizer always do so); eval conventions follow the checkpoint's default.
         self.tokenizer_adds_bos: bool | None = None
+        # How conversations are rendered (workbench.models.chat); set by load_model.
+        self._chat_template: chat.ChatTemplate | None = None
 
     # --- running --------------------------------------------------------------------------
 
@@ -179,7 +181,7 @@ class HookedLlama:
 
     def generate(
         self,
-        prompt: str,
+        prompt: str | list[dict],
         max_new_tokens: int = 20,
         *,
         do_sample: bool = False,
@@ -193,41 +195,114 @@ class HookedLlama:
         """Continue ``prompt``: greedy by default, sampled with ``do_sample=True``.
 
         Sampling with the same ``seed`` gives the same text; the global torch RNG is left as
-        it was.
+        it was. A conversation (a list of ``{"role", "content"}`` dicts) is rendered with the
+        model's chat template and an open assistant turn (:meth:`chat_tokens`); its reply is
+        decoded without special tokens, after the rendered prompt when ``include_prompt``.
 
         >>> model.generate("Q: What is the capital of France?\\nA:", max_new_tokens=5)  # doctest: +SKIP
         'Q: What is the capital of France?\\nA: Paris'
+        >>> model.generate([{"role": "user", "content": "Hi!"}], include_prompt=False)  # doctest: +SKIP
+        'Hello! How can I help you today?'
         """
+        conversation = chat.is_conversation(prompt)
+        if conversation:
+            text = self.format_chat(prompt)
+            prompt_ids = self.chat_tokens(prompt)
         rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
         with rng, torch.no_grad(), warnings.catch_warnings():
             # The bridge's KV-cache path trips a transformers deprecation notice on every call.
             warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
             if seed is not None:
                 torch.manual_seed(seed)
-            text = self.bridge.generate(
-                prompt,
+            out = self.bridge.generate(
+                prompt_ids if conversation else prompt,
                 max_new_tokens=max_new_tokens,
                 do_sample=do_sample,
                 temperature=temperature,
                 top_k=top_k,
                 top_p=top_p,
                 stop_at_eos=stop_at_eos,
-                return_type="str",
+                return_type="tokens" if conversation else "str",
                 verbose=False,
             )
+        if conversation:
+            reply = self.tokenizer.decode(out[0, prompt_ids.shape[1]:].tolist(), skip_special_tokens=True)
+            return text + reply if include_prompt else reply
+        text = out
         if not include_prompt and text.startswith(prompt):
             return text[len(prompt) :]
         return text
 
     # --- tokens ---------------------------------------------------------------------------
 
-    def to_tokens(self, input: str | list[str], prepend_bos: bool | None = None, **kwargs):
-        """Text -> token ids ``[batch, pos]`` (BOS prepended by default)."""
+    def to_tokens(self, input: str | list[str] | list[dict] | list[list[dict]],
+                  prepend_bos: bool | None = None, **kwargs):
+        """Text -> token ids ``[batch, pos]`` (BOS prepended by default).
+
+        A conversation, or a list of them, is rendered with the chat template and an open
+        assistant turn and tokenized with exactly one BOS (:meth:`chat_tokens`; ``prepend_bos``
+        and ``truncate`` do not apply); several are padded on ``padding_side`` (default: the
+        tokenizer's); ``move_to_device=False`` leaves them on the CPU.
+        """
+        if chat.is_conversation(input) or chat.is_conversation_list(input):
+            conversations = [input] if chat.is_conversation(input) else list(input)
+            rows = [chat.encode_chat_text(self.tokenizer, self.format_chat(c), self.tokenizer_adds_bos)
+                    for c in conversations]
+            side = kwargs.get("padding_side") or getattr(self.tokenizer, "padding_side", "right")
+            tokens = chat.pad_rows(rows, self._pad_id(), side)  # never truncated
+            return tokens.to(self._token_device()) if kwargs.get("move_to_device", True) else tokens
         return self.bridge.to_tokens(input, prepend_bos=prepend_bos, **kwargs)
 
     def to_str_tokens(self, input: Any, prepend_bos: bool | None = None, **kwargs) -> list:
-        """Text or token ids -> list of token strings."""
+        """Text, a conversation or token ids -> list of token strings."""
+        if chat.is_conversation(input):
+            input = self.chat_tokens(input)
         return self.bridge.to_str_tokens(input, prepend_bos=prepend_bos, **kwargs)
+
+    # --- chat templates (workbench.models.chat) -----------------------------------------------
+
+    @property
+    def chat_template(self) -> chat.ChatTemplate | None:
+        """The chat template (``.name``, ``.source``, ``.template``), or None if the model has none."""
+        return self._chat_template
+
+    def set_chat_template(self, template: Any) -> None:
+        """Use ``template``: a built-in name (``"llama2-chat"``, ``"llama3"``, ``"chatml"``), a path to
+        a ``.jinja`` file, a Jinja string, a ``ChatTemplate``, or None for no template."""
+        self._chat_template = None if template is None else chat.get_chat_template(template)
+
+    def format_chat(self, messages: str | list[dict], add_generation_prompt: bool = True,
+                    system: str | None = None) -> str:
+        """A conversation (or one user message as a ``str``) rendered with the chat template.
+
+        Raises:
+            NoChatTemplateError: the model has no chat template (the message says how to pass one).
+            ChatMessageError, ChatTemplateError: a malformed message, or the template fails on one.
+
+        >>> model.format_chat("Hi", system="Be brief.")                 # doctest: +SKIP
+        '<|im_start|>system\\nBe brief.<|im_end|>\\n<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
+        """
+        return chat.format_chat(self._chat_template, self.tokenizer, messages, model_name=self.source.name,
+                                add_generation_prompt=add_generation_prompt, system=system)
+
+    def chat_tokens(self, messages: str | list[dict], add_generation_prompt: bool = True,
+                    system: str | None = None) -> torch.Tensor:
+        """Token ids ``[1, pos]`` of :meth:`format_chat`'s text, with exactly one BOS (never two).
+
+        Special-token strings in the rendered text become their ids, as in
+        ``apply_chat_template(..., tokenize=True)``; BOS is added only when the text does not
+        already begin with it and the checkpoint's tokenizer prepends one.
+        """
+        text = self.format_chat(messages, add_generation_prompt=add_generation_prompt, system=system)
+        ids = chat.encode_chat_text(self.tokenizer, text, self.tokenizer_adds_bos)
+        return torch.tensor([ids], dtype=torch.long, device=self._token_device())
+
+    def _token_device(self) -> torch.device | str:
+        return getattr(self.cfg, "device", None) or self.device
+
+    def _pad_id(self) -> int:
+        tok = self.tokenizer
+        return next((int(i) for i in (tok.pad_token_id, tok.eos_token_id) if i is not None), 0)
 
     def to_string(self, tokens: Any) -> str | list[str]:
         """Token ids -> text."""
@@ -293,6 +368,8 @@ class HookedLlama:
             "n_hooks": len(self.hook_catalogue()),
             "checksum_status": self.source.checksum_status,
             "fingerprint": self.source.fingerprint,
+            "chat_template": None if self._chat_template is None else self._chat_template.name,
+            "chat_template_source": None if self._chat_template is None else self._chat_template.source,
             **{f"detail.{k}": v for k, v in self.source.details.items()},
         }
 
@@ -307,7 +384,7 @@ class HookedLlama:
     def __getattr__(self, name: str) -> Any:
         # Everything else TransformerLens offers (W_U, blocks, ...) stays reachable, except
         # permanent hook registration, which must be asked for explicitly on model.bridge.
-        if name in {"bridge", "hf_model", "source", "_catalogue"}:
+        if name in {"bridge", "hf_model", "source", "_catalogue", "_chat_template"}:
             raise AttributeError(name)
         if name == "add_hook":
             raise AttributeError(

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from workbench.models.chat import get_chat_template, resolve_chat_template
 from workbench.models.formats import detect_format, get_format
 from workbench.models.hooked import HookedLlama
 
@@ -44,6 +45,7 @@ def load_model(
     offload_folder: str | Path | None = None,
     verify: bool = True,
     fast_attention: bool = True,
+    chat_template: str | Path | None = None,
 ) -> HookedLlama:
     """Load a LLaMA-family checkpoint as a hooked model.
 
@@ -67,6 +69,12 @@ def load_model(
             attention everywhere, as does ``model.fast_attention = False`` or ``with
             model.eager_attention():`` later; see ``workbench.models.fast_attention``.
             Log-likelihood evaluations (``run_eval``) use the fused path while scoring either way.
+        chat_template: how conversations are rendered: a built-in name (``"llama2-chat"``,
+            ``"llama3"``, ``"chatml"``), a path to a ``.jinja`` file, or a Jinja string. None
+            (the default) uses the checkpoint's own: the tokenizer's ``chat_template`` (a GGUF's
+            ``tokenizer.chat_template`` metadata), ``"llama3"`` for a LLaMA 3 Meta folder,
+            ``"llama2-chat"`` for a LLaMA-2 Meta folder whose name says ``chat``, else none
+            (see :mod:`workbench.models.chat`). ``model.chat_template`` says which and where from.
 
     Returns:
         A :class:`HookedLlama`.
@@ -74,12 +82,14 @@ def load_model(
     Raises:
         CheckpointError: the source is missing, malformed, truncated, unsafe or matches no
             format; the message names the file.
+        ChatTemplateError: ``chat_template`` is no built-in, file or valid Jinja (checked first).
 
     >>> import workbench as wb
     >>> model = wb.load_model()                                        # doctest: +SKIP
     >>> model = wb.load_model("llama-7b/", dtype="bfloat16")           # doctest: +SKIP
     """
     torch_dtype = resolve_dtype(dtype)
+    user_template = None if chat_template is None else get_chat_template(chat_template)
     if device is not None and device_map is not None:
         raise ValueError("pass either device= or device_map=, not both")
     if device_map is None and (max_memory is not None or offload_folder is not None):
@@ -103,6 +113,7 @@ def load_model(
     # Read before the bridge boots: TransformerLens switches the tokenizer to always prepend BOS,
     # while evaluation conventions (lm-evaluation-harness) follow the checkpoint's own default.
     adds_bos = tokenizer_adds_bos(tokenizer)
+    template = resolve_chat_template(tokenizer, source_info, user_template)
     bridge = _boot_bridge(hf_model, tokenizer, torch_dtype)
     if fast_attention:
         from workbench.models.fast_attention import enable_sdpa_when_unhooked
@@ -110,6 +121,7 @@ def load_model(
         enable_sdpa_when_unhooked(bridge)
     model = HookedLlama(bridge, hf_model, source_info)
     model.tokenizer_adds_bos = adds_bos
+    model.set_chat_template(template)
     return model
 
 

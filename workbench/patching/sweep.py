@@ -38,6 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.common.errors import PatchingError
+from workbench.models.chat import is_conversation
 from workbench.models.sites import Site, get_site
 from workbench.patching.metrics import Metric, evaluate_metric
 from workbench.patching.result import MODES, PatchResult
@@ -66,8 +67,10 @@ def patch_sweep(
 
     Args:
         model: a :class:`~workbench.HookedLlama`.
-        clean, corrupt: a prompt, a list of prompts (pairs by index) or ``[batch, pos]`` tokens.
-            All prompts must have the same number of tokens (see :func:`token_alignment`).
+        clean, corrupt: a prompt, a list of prompts (pairs by index) or ``[batch, pos]`` tokens;
+            a prompt may be a conversation (``[{"role": "user", "content": ...}]``), rendered with
+            the model's chat template. All prompts must have the same number of tokens (see
+            :func:`token_alignment`).
         metric: logits ``[batch, pos, d_vocab]`` -> one number (see ``logit_diff``).
         site: ``resid_pre``, ``resid_mid``, ``resid_post``, ``attn_out``, ``mlp_out``
             (layer x position), ``head_out`` (layer x head, all positions) or ``head_out_by_pos``.
@@ -233,11 +236,15 @@ def paired_tokens(model, clean, corrupt) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def prompt_tokens(model, prompts, argument: str) -> torch.Tensor:
-    """One prompt, a list of prompts or a token tensor -> ``[batch, pos]`` (equal lengths required)."""
+    """One prompt, a list of prompts or a token tensor -> ``[batch, pos]`` (equal lengths required).
+
+    A prompt may be a conversation (a list of ``{"role", "content"}`` dicts), tokenized with the
+    model's chat template as ``model.to_tokens`` does; a list of conversations pairs by index.
+    """
     if isinstance(prompts, torch.Tensor):
         tokens = prompts if prompts.dim() == 2 else prompts.unsqueeze(0)
         return tokens.to(model.cfg.device)
-    if isinstance(prompts, str):
+    if isinstance(prompts, str) or is_conversation(prompts):
         prompts = [prompts]
     if not prompts:
         raise PatchingError(f"{argument}: no prompts given")
@@ -260,8 +267,8 @@ def token_alignment(model, clean, corrupt) -> pd.DataFrame:
 
     >>> wb.token_alignment(model, "Mary gave", "Christina gave")        # doctest: +SKIP
     """
-    clean = [clean] if isinstance(clean, str) else list(clean)
-    corrupt = [corrupt] if isinstance(corrupt, str) else list(corrupt)
+    clean = [clean] if isinstance(clean, str) or is_conversation(clean) else list(clean)
+    corrupt = [corrupt] if isinstance(corrupt, str) or is_conversation(corrupt) else list(corrupt)
     if len(clean) != len(corrupt):
         raise PatchingError(f"{len(clean)} clean prompts but {len(corrupt)} corrupted ones")
     rows = []

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from workbench.models.chat import is_conversation
 from workbench.models.hooks import HookSelection, named_dims, select_hooks
 from workbench.store.format import STORE_DTYPES
 
@@ -144,14 +145,17 @@ def as_frame(texts, text_column: str = "text") -> pd.DataFrame:
         frame = pd.DataFrame({"text": texts.tolist()})
     elif isinstance(texts, (str, bytes)):
         raise TypeError("texts must be a collection of strings, not a single string; wrap it in a list")
+    elif is_conversation(texts):
+        raise TypeError("texts is one conversation (a list of message dicts); wrap it in a list: [conversation]")
     else:
-        frame = pd.DataFrame({"text": list(texts)})
+        frame = pd.DataFrame({"text": pd.Series(list(texts), dtype=object)})
     if frame.empty:
         raise ValueError("texts is empty: nothing to cache")
     for row, text in enumerate(frame["text"]):
-        if not isinstance(text, str):
-            raise TypeError(f"texts row {row} is {type(text).__name__} ({text!r:.60}), not a string")
-    reserved = {"example_id", "n_tokens", "row_start", "row_stop"} & set(frame.columns)
+        if not isinstance(text, str) and not is_conversation(text):
+            raise TypeError(f"texts row {row} is {type(text).__name__} ({text!r:.60}), neither a string nor "
+                            "a conversation (a list of {'role', 'content'} dicts)")
+    reserved = {"example_id", "n_tokens", "row_start", "row_stop", "chat"} & set(frame.columns)
     if reserved:
         raise ValueError(f"columns {sorted(reserved)} are reserved by the store; rename them")
     return frame
@@ -210,8 +214,14 @@ def plan_examples(model, frame: pd.DataFrame, policy: dict, too_long: str) -> Pl
     id_parts, position_parts, truncated = [], [], []
     decoded: dict[int, str] = {}
     tok = model.tokenizer
-    for row, text in enumerate(frame["text"]):
-        ids = model.to_tokens(text, truncate=False, move_to_device=False)[0].numpy()
+    texts = list(frame["text"])
+    chat = [is_conversation(text) for text in texts]
+    for row, text in enumerate(texts):
+        if chat[row]:  # rendered with the chat template, one BOS: the store keeps what the model saw
+            ids = model.chat_tokens(text)[0].cpu().numpy()
+            texts[row] = model.format_chat(text)
+        else:
+            ids = model.to_tokens(text, truncate=False, move_to_device=False)[0].numpy()
         if len(ids) > n_ctx:
             if too_long == "error":
                 raise ValueError(f"texts row {row} has {len(ids)} tokens, more than the context window ({n_ctx})")
@@ -230,8 +240,10 @@ def plan_examples(model, frame: pd.DataFrame, policy: dict, too_long: str) -> Pl
     n_stored = np.array([len(x) for x in position_parts], dtype=np.int64)
     n_rows = n_stored if policy["per_token"] else np.ones(len(id_parts), dtype=np.int64)
     stops = np.cumsum(n_rows)
-    meta = pd.DataFrame({"example_id": np.arange(len(frame)), "text": frame["text"],
+    meta = pd.DataFrame({"example_id": np.arange(len(frame)), "text": texts,
                          "n_tokens": n_tokens, "row_start": stops - n_rows, "row_stop": stops})
+    if any(chat):
+        meta["chat"] = chat  # the text is the rendered conversation
     extra = frame.drop(columns=["text"])
     meta = pd.concat([meta, extra.reset_index(drop=True)], axis=1)
     return Plan(meta, np.concatenate(id_parts), _offsets(n_tokens), np.concatenate(position_parts),

@@ -25,7 +25,7 @@ from workbench.store.store import ActivationStore
 
 def cache_activations(
     model,
-    texts: Iterable[str] | pd.Series | pd.DataFrame,
+    texts: Iterable[str | list[dict]] | pd.Series | pd.DataFrame,
     hooks: HookSelection = "blocks.*.hook_resid_post",
     *,
     positions: Any = "last",
@@ -42,7 +42,10 @@ def cache_activations(
     Args:
         model: a :class:`~workbench.HookedLlama`.
         texts: a list of strings, a pandas Series, a DataFrame (its ``text_column`` is the text,
-            its other columns become metadata, e.g. labels), or any iterable of strings.
+            its other columns become metadata, e.g. labels), or any iterable of strings. A row
+            may be a conversation (a list of ``{"role", "content"}`` dicts): it is rendered with
+            the model's chat template and an open assistant turn (``model.chat_tokens``, one
+            BOS), the store's ``text`` is the rendered text and a ``chat`` column marks it.
         hooks: hook names, glob patterns (``"blocks.*.hook_resid_post"``) or a predicate.
             Hooks must have ``[batch, pos, ...]`` activations (not attention patterns).
         positions: ``"last"`` (last token), ``"mean"`` (mean over tokens after BOS), ``"all"``

@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 _PREFETCH_TOKENS = 256
 
 
+def _tokens(model: HookedLlama, prompt: str, chat: bool):
+    """A widget's prompt as token ids: as one user message through the chat template if ``chat``."""
+    return model.chat_tokens(prompt) if chat else model.to_tokens(prompt)
+
+
 class AttentionViewer(w.VBox):
     """Attention patterns per layer and head: an editable prompt, a heatmap, the layer's head grid.
 
@@ -40,6 +45,8 @@ class AttentionViewer(w.VBox):
         layer, head: the initial selection.
         page_size: positions shown at once; longer prompts get a ``window`` slider that pages
             through them (the head grid pools the whole prompt into bins).
+        chat: the prompt is a user message, shown to the model through its chat template with an
+            open assistant turn (``model.chat_tokens``), system prompt and special tokens included.
 
     Clicking a panel of the head grid selects that head.
 
@@ -48,8 +55,9 @@ class AttentionViewer(w.VBox):
     """
 
     def __init__(self, model: HookedLlama, prompt: str = "The quick brown fox jumps over the lazy dog.",
-                 layer: int = 0, head: int = 0, page_size: int = 64):
+                 layer: int = 0, head: int = 0, page_size: int = 64, chat: bool = False):
         self.model = model
+        self.chat = bool(chat)
         self.page_size = int(page_size)
         cfg = model.cfg
         self.prompt = w.Text(value=prompt, description="prompt", continuous_update=False,
@@ -84,7 +92,7 @@ class AttentionViewer(w.VBox):
         if not self.prompt.value.strip():
             raise ValueError("the prompt is empty")
         set_status(self.status, "running the model…")
-        self._token_ids = self.model.to_tokens(self.prompt.value)
+        self._token_ids = _tokens(self.model, self.prompt.value, self.chat)
         n = self._token_ids.shape[1]
         layers = None if n <= _PREFETCH_TOKENS else [self.layer.value]
         self._patterns, self.tokens = attention_patterns(self.model, self._token_ids, layers=layers)
@@ -129,13 +137,16 @@ class LogitLensViewer(w.VBox):
         target: the token whose probability is followed (text: its first token).
         k: top tokens listed in the hover text.
         page_size: positions decoded and shown at once; longer prompts get a ``window`` slider.
+        chat: the prompt is a user message, rendered with the model's chat template (as in
+            :class:`AttentionViewer`).
 
     >>> viewer = wb.viz.LogitLensViewer(model, "The capital of France is", target=" Paris")  # doctest: +SKIP
     """
 
     def __init__(self, model: HookedLlama, prompt: str = "The capital of France is", target: str = " Paris",
-                 k: int = 5, page_size: int = 24):
+                 k: int = 5, page_size: int = 24, chat: bool = False):
         self.model = model
+        self.chat = bool(chat)
         self.k = int(k)
         self.page_size = int(page_size)
         self.prompt = w.Text(value=prompt, description="prompt", continuous_update=False,
@@ -162,7 +173,7 @@ class LogitLensViewer(w.VBox):
         if not self.prompt.value.strip():
             raise ValueError("the prompt is empty")
         set_status(self.status, "running the model…")
-        self._resid, self.tokens = residual_stack(self.model, self.prompt.value)
+        self._resid, self.tokens = residual_stack(self.model, _tokens(self.model, self.prompt.value, self.chat))
         n = len(self.tokens)
         pages = n_pages(n, self.page_size)
         with self.window.hold_trait_notifications(), self.position.hold_trait_notifications():
