@@ -49,12 +49,15 @@ _API: dict[str, str] = {
     "token_prob": "workbench.patching",
     "kl_to_clean": "workbench.patching",
     "token_alignment": "workbench.patching",
-    # evaluate: bias, toxicity, truthfulness suites
+    "refusal_direction": "workbench.patching",
+    # evaluate: bias, toxicity, truthfulness, misuse and refusal suites
     "run_eval": "workbench.evals",
     "run_suite": "workbench.evals",
     "list_suites": "workbench.evals",
     "load_run": "workbench.evals",
     "get_scorer": "workbench.evals",
+    "get_judge": "workbench.evals.judges",
+    "judge_agreement": "workbench.evals.agreement",
     "pull_data": "workbench.evals",
     # views: plots and widgets (wb.viz.AttentionViewer ...), the offline HTML report
     "viz": "workbench.viz",

@@ -7,6 +7,9 @@
 - ``model.steer`` / ``model.ablate`` / ``model.ablate_heads`` / ``model.ablate_neurons``:
   temporary interventions (:mod:`workbench.models.interventions`).
 - :func:`dose_response`: a metric against steering strength, with a placebo direction.
+- :func:`refusal_direction`: Arditi et al.'s refusal direction (difference of means, scored by
+  ablation / addition / KL and selected by their rule), with ``bypass()`` / ``induce()`` contexts
+  and a placebo; :func:`category_directions` and :func:`cosine_matrix` per harm category.
 - metrics: :func:`logit_diff`, :func:`token_prob`, :func:`kl_to_clean`, or any
   ``logits -> number`` callable; results: :class:`PatchResult` (``result.py``).
 - sites (``SITES``, ``Site``) and the interventions are the ground floor's
@@ -19,6 +22,13 @@ from workbench.models.sites import SITES, Site
 from workbench.patching.attribution import attribution_agreement, attribution_patch
 from workbench.patching.dose import DoseResponse, dose_response
 from workbench.patching.metrics import kl_to_clean, logit_diff, token_prob
+from workbench.patching.refusal import (
+    RefusalDirection,
+    category_directions,
+    cosine_matrix,
+    refusal_direction,
+    refusal_scores,
+)
 from workbench.patching.result import PatchResult
 from workbench.patching.sweep import patch_sweep, patched_logits, token_alignment
 
@@ -26,6 +36,7 @@ __all__ = [
     "DoseResponse",
     "PatchResult",
     "PatchingError",
+    "RefusalDirection",
     "SITES",
     "Site",
     "ablate",
@@ -33,11 +44,15 @@ __all__ = [
     "ablate_neurons",
     "attribution_agreement",
     "attribution_patch",
+    "category_directions",
+    "cosine_matrix",
     "dose_response",
     "kl_to_clean",
     "logit_diff",
     "patch_sweep",
     "patched_logits",
+    "refusal_direction",
+    "refusal_scores",
     "steer",
     "token_alignment",
     "token_prob",
