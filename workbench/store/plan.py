@@ -211,7 +211,13 @@ def _parse_positions(positions, frame: pd.DataFrame) -> tuple[dict, pd.DataFrame
 def plan_examples(model, frame: pd.DataFrame, policy: dict, too_long: str) -> Plan:
     """Tokenize every text and decide which positions (rows) each example stores."""
     n_ctx = int(model.cfg.n_ctx)
-    id_parts, position_parts, truncated = [], [], []
+    # Two growing buffers, not one small array per example: thousands of small survivors
+    # interleaved with each text's transient tokenizer objects would pin heap pages that are
+    # never handed back, so the plan's memory would grow with the dataset beyond its 8 bytes
+    # a token.
+    ids_buffer, positions_buffer, truncated = _Int32Buffer(), _Int32Buffer(), []
+    n_tokens = np.zeros(len(frame), dtype=np.int64)
+    n_stored = np.zeros(len(frame), dtype=np.int64)
     decoded: dict[int, str] = {}
     tok = model.tokenizer
     texts = list(frame["text"])
@@ -227,8 +233,9 @@ def plan_examples(model, frame: pd.DataFrame, policy: dict, too_long: str) -> Pl
                 raise ValueError(f"texts row {row} has {len(ids)} tokens, more than the context window ({n_ctx})")
             truncated.append(row)
             ids = ids[:n_ctx]
-        id_parts.append(ids.astype(np.int32))
-        position_parts.append(np.asarray(_stored_positions(policy, len(ids), frame, row), dtype=np.int32))
+        ids_buffer.extend(ids)
+        n_tokens[row] = len(ids)
+        n_stored[row] = positions_buffer.extend(_stored_positions(policy, len(ids), frame, row))
         missing = [int(i) for i in np.unique(ids) if int(i) not in decoded]
         if missing:  # decoded once per vocabulary id, not once per token
             pieces = tok.batch_decode([[i] for i in missing], clean_up_tokenization_spaces=False)
@@ -236,9 +243,7 @@ def plan_examples(model, frame: pd.DataFrame, policy: dict, too_long: str) -> Pl
     if truncated:
         warnings.warn(f"{len(truncated)} texts longer than the context window ({n_ctx} tokens) were "
                       f"truncated (rows {truncated[:10]}{' ...' if len(truncated) > 10 else ''})", stacklevel=3)
-    n_tokens = np.array([len(x) for x in id_parts], dtype=np.int64)
-    n_stored = np.array([len(x) for x in position_parts], dtype=np.int64)
-    n_rows = n_stored if policy["per_token"] else np.ones(len(id_parts), dtype=np.int64)
+    n_rows = n_stored if policy["per_token"] else np.ones(len(frame), dtype=np.int64)
     stops = np.cumsum(n_rows)
     meta = pd.DataFrame({"example_id": np.arange(len(frame)), "text": texts,
                          "n_tokens": n_tokens, "row_start": stops - n_rows, "row_stop": stops})
@@ -246,8 +251,29 @@ def plan_examples(model, frame: pd.DataFrame, policy: dict, too_long: str) -> Pl
         meta["chat"] = chat  # the text is the rendered conversation
     extra = frame.drop(columns=["text"])
     meta = pd.concat([meta, extra.reset_index(drop=True)], axis=1)
-    return Plan(meta, np.concatenate(id_parts), _offsets(n_tokens), np.concatenate(position_parts),
+    return Plan(meta, ids_buffer.array(), _offsets(n_tokens), positions_buffer.array(),
                 _offsets(n_stored), decoded)
+
+
+class _Int32Buffer:
+    """An int32 array grown by doubling: appends cost amortised O(1), and one allocation
+    holds everything appended."""
+
+    def __init__(self, capacity: int = 1 << 16):
+        self._data, self._n = np.empty(capacity, dtype=np.int32), 0
+
+    def extend(self, values) -> int:
+        values = np.asarray(values, dtype=np.int32)
+        if self._n + len(values) > len(self._data):
+            grown = np.empty(max(2 * len(self._data), self._n + len(values)), dtype=np.int32)
+            grown[: self._n] = self._data[: self._n]
+            self._data = grown
+        self._data[self._n : self._n + len(values)] = values
+        self._n += len(values)
+        return len(values)
+
+    def array(self) -> np.ndarray:
+        return self._data[: self._n].copy()
 
 
 def _offsets(lengths: np.ndarray) -> np.ndarray:
