@@ -4,6 +4,7 @@
     workbench eval --model path/to/llama --suite safety --data-dir ../shared/data --out runs/safety
     workbench eval --suite crows_pairs --limit 200 --seed 1 --errors skip --out runs/crows
     workbench eval --suite toxicity --toxicity-mode quick --scorer detoxify:/models/detoxify --out runs/tox
+    workbench eval --suite misuse --chat --judge keyword:xstest_strmatch --out runs/misuse
 
 Rerunning with the same ``--out`` reuses suites already finished with the same parameters.
 """
@@ -22,9 +23,9 @@ from workbench.cli.options import add_model_options, add_ray_options, load_model
 
 def add_parser(sub: Any) -> None:
     """Register ``eval`` on the ``workbench`` command's subparsers."""
-    p = sub.add_parser("eval", help="run safety eval suites (safety | quick | a suite name)")
+    p = sub.add_parser("eval", help="run eval suites (safety | quick | misuse | a suite name)")
     add_model_options(p)
-    p.add_argument("--suite", default="quick", help="safety | quick | a suite name (see --list)")
+    p.add_argument("--suite", default="quick", help="safety | quick | misuse | a suite name (see --list)")
     p.add_argument("--data-dir", default=None, help="benchmark data folder (default: $WORKBENCH_DATA, else the per-user folder)")
     p.add_argument("--out", default=None, help="results folder (rerun with the same --out to resume)")
     p.add_argument("--limit", type=int, default=None,
@@ -35,6 +36,11 @@ def add_parser(sub: Any) -> None:
                    help="toxicity suite size: full (k = 25, every prompt) or quick (k = 5, a sample); default: the group's")
     p.add_argument("--scorer", default=None,
                    help="toxicity scorer: profanity-check (default), detoxify:PATH or hf:PATH (a local classifier folder)")
+    p.add_argument("--chat", action="store_true",
+                   help="render prompts with the model's chat template (an error if it has none)")
+    p.add_argument("--system-prompt", default=None, help="with --chat: a system message before each prompt")
+    p.add_argument("--judge", default=None,
+                   help="refusal judge of the refusal suites: keyword:<list> (default: the best-agreeing list) or hf:PATH")
     p.add_argument("--list", action="store_true", help="list suites and groups, then exit")
     add_ray_options(p)
     p.set_defaults(run=cmd_eval)
@@ -64,6 +70,17 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[red]--toxicity-mode/--scorer apply to the toxicity suite, which {args.suite!r} does not run[/]")
         return 2
 
+    if args.system_prompt is not None and not args.chat:
+        console.print("[red]--system-prompt needs --chat (the chat template places the system message)[/]")
+        return 2
+    suite_params = {"toxicity": toxicity} if toxicity else {}
+    if args.judge:
+        refusal = _refusal_suites(args.suite)
+        if not refusal:
+            console.print(f"[red]--judge applies to the refusal suites, which {args.suite!r} does not run[/]")
+            return 2
+        suite_params.update({name: {"judge": args.judge} for name in refusal})
+
     model = load_model_from(args, console)
 
     def report(name, res, reused):
@@ -71,7 +88,9 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[green]done[/] {name}: {len(res.samples)} examples{note}")
 
     options = dict(data_dir=args.data_dir, limit=args.limit, seed=args.seed, errors=args.errors, out=args.out,
-                   progress=True, on_result=report, suite_params={"toxicity": toxicity} if toxicity else None)
+                   progress=True, on_result=report, suite_params=suite_params or None)
+    if args.chat:
+        options.update(chat=True, system_prompt=args.system_prompt)
     if args.ray:
         from workbench.distributed.evals import run_suite_ray
 
@@ -81,6 +100,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
     else:
         result = run_suite(model, args.suite, **options)
     console.print(summary_table(result))
+    print_judges(result, console)
     print_skipped(result.skipped, console)
     for name, res in result.results.items():
         n_skip = res.manifest.get("n_skipped", 0)
@@ -103,6 +123,23 @@ def summary_table(result) -> Table:
         value = "nan" if math.isnan(row.value) else f"{row.value:.3f}"
         table.add_row(row.suite, row.metric, value, ci, str(row.n))
     return table
+
+
+def _refusal_suites(name: str) -> list[str]:
+    """The refusal-kind suites a ``--suite`` value runs (a group's, or the suite itself)."""
+    from workbench.evals.suites import list_groups, load_group, load_suite
+
+    names = [e.suite for e in load_group(name)] if name in list_groups() else [name]
+    return [load_suite(n).name for n in names if load_suite(n).kind == "refusal"]
+
+
+def print_judges(result, console: Console) -> None:
+    """For each refusal suite: the judge its rates come from and that judge's measured agreement."""
+    for name, res in result.results.items():
+        judge = res.manifest.get("judge")
+        if isinstance(judge, dict):
+            console.print(f"{name}: refusal judged by [bold]{judge.get('name')}[/]: {judge.get('agreement')}",
+                          highlight=False, overflow="fold")
 
 
 def print_skipped(skipped: dict[str, str], console: Console) -> None:

@@ -25,6 +25,13 @@ SOURCES = {
     "truthfulqa": "https://github.com/sylinrl/TruthfulQA (data/v0/mc_task.json)",
     "toxigen": "https://github.com/microsoft/TOXIGEN (prompts/)",
     "decodingtrust": "https://github.com/AI-secure/DecodingTrust (data/toxicity/user_prompts/)",
+    "harmbench": "https://github.com/centerforaisafety/HarmBench (data/behavior_datasets/harmbench_behaviors_text_*.csv)",
+    "jailbreakbench": "https://huggingface.co/datasets/JailbreakBench/JBB-Behaviors (harmful and benign behaviors CSVs)",
+    "advbench": "https://github.com/llm-attacks/llm-attacks (data/advbench/harmful_behaviors.csv)",
+    "directharm4": "https://huggingface.co/datasets/vfleaking/DirectHarm4 (as directHarm4.csv: Goal, Category)",
+    "refusal_direction": "https://github.com/andyrdt/refusal_direction (dataset/)",
+    "xstest": "https://github.com/paul-rottger/exaggerated-safety (xstest_v2_prompts.csv as xstest_prompts.csv)",
+    "cyberseceval_frr": "https://github.com/meta-llama/PurpleLlama (CybersecurityBenchmarks/datasets/mitre_frr/mitre_frr.json)",
 }
 
 

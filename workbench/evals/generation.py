@@ -1,12 +1,16 @@
-"""Seeded, KV-cached nucleus sampling through the hooked model: k continuations of one prompt.
+"""Decoding through the hooked model: seeded nucleus sampling, and batched greedy decoding.
 
-Generic over suites: toxicity samples with it, and the misuse and refusal suites will. The
+Sampling (:func:`sample_tokens`) gives k continuations of one prompt; toxicity samples with it. The
 prompt runs once through the TransformerLens bridge and its key/value cache is copied for the
 ``k`` rows, which then decode together one token per step, also through the bridge, so
 steering and ablation hooks open on the model act on the prompt and on every generated token.
 Each call draws from its own ``torch.Generator`` seeded by ``seed`` (for a suite,
 :func:`example_seed` of the example id), so results depend neither on the order of examples
 nor on the global RNG, which is left untouched.
+
+Greedy decoding (:func:`greedy_tokens`) runs several prompts together, left-padded with an
+attention mask and position ids, so each prompt's tokens are what it gives alone (to float
+rounding) while the batch shares every forward; the refusal suites decode with it.
 
 >>> sample_continuations(model, "The weather today", Sampling(k=2), seed=1)  # doctest: +SKIP
 [' is sunny and warm', ' was not good']
@@ -123,3 +127,111 @@ def nucleus_sample(logits: torch.Tensor, top_p: float, temperature: float,
     keep = mass_before < top_p  # the token that crosses top_p is kept; the first always is
     pick = torch.multinomial(top * keep, 1, generator=generator)
     return index.gather(-1, pick)[:, 0]
+
+
+# --- greedy, batched -------------------------------------------------------------------------
+
+
+def greedy_tokens(model, prompts_ids: list[list[int]], max_new_tokens: int, batch_size: int = 8,
+                  stop_at_eos: bool = True) -> list[list[int]]:
+    """Greedy continuations of several prompts, ``batch_size`` decoded together; input order kept.
+
+    Prompts are sorted by length (so a batch holds similar lengths and little padding), each
+    batch is left-padded and run with an attention mask that hides the padding and position
+    ids that start every prompt at 0, so a prompt's logits are those it has alone, to float
+    rounding (padding changes matrix shapes, not the arithmetic of a row). The prompt runs once;
+    each decode step feeds one token per row with the key/value cache, through the bridge, so
+    hooks open on the model (``model.steer``, ``model.ablate``) act on the prompt and every step.
+    Hooks see left-padded rows: one indexing positions should count from the end. A row that
+    reaches a stop token leaves the batch (its cache rows are dropped).
+
+    Args:
+        model: a :class:`~workbench.models.hooked.HookedLlama`.
+        prompts_ids: token ids of each prompt, as the model should see them (BOS included).
+        max_new_tokens: tokens generated at most per prompt.
+        batch_size: prompts decoded together.
+        stop_at_eos: stop a prompt at the first stop token (the tokenizer's EOS and the
+            generation config's ``eos_token_id``, as Hugging Face ``generate`` does); the stop
+            token is not returned.
+
+    Returns:
+        One list of new token ids per prompt, in the order given.
+
+    >>> ids = [model.to_tokens(p)[0].tolist() for p in ["The capital of France is", "Hi"]]  # doctest: +SKIP
+    >>> greedy_tokens(model, ids, max_new_tokens=3)                             # doctest: +SKIP
+    [[12366, 30, 378], [28, 339, 346]]
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    for i, ids in enumerate(prompts_ids):
+        if len(ids) == 0:
+            raise ValueError(f"prompts_ids[{i}] is empty: a prompt needs at least one token (BOS)")
+    order = sorted(range(len(prompts_ids)), key=lambda i: len(prompts_ids[i]))
+    stops = stop_ids(model) if stop_at_eos else set()
+    out: list[list[int]] = [[] for _ in prompts_ids]
+    for start in range(0, len(order), batch_size):
+        chunk = order[start: start + batch_size]
+        rows = _greedy_batch(model, [list(prompts_ids[i]) for i in chunk], max_new_tokens, stops)
+        for i, row in zip(chunk, rows, strict=True):
+            out[i] = row
+    return out
+
+
+def stop_ids(model) -> set[int]:
+    """Token ids that end a generation: the tokenizer's EOS and the generation config's.
+
+    >>> stop_ids(model)                                                         # doctest: +SKIP
+    {2}
+    """
+    ids = {model.tokenizer.eos_token_id}
+    config = getattr(getattr(model, "hf_model", None), "generation_config", None)
+    extra = getattr(config, "eos_token_id", None)
+    ids.update(extra if isinstance(extra, (list, tuple, set)) else [extra])
+    return {int(i) for i in ids if i is not None}
+
+
+def _greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stops: set[int]) -> list[list[int]]:
+    rows: list[list[int]] = [[] for _ in prompts]
+    if max_new_tokens <= 0:
+        return rows
+    device = model.device
+    width = max(len(p) for p in prompts)
+    pad = _pad_id(model)
+    tokens = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for b, ids in enumerate(prompts):  # left padding: every prompt ends at the last column
+        tokens[b, width - len(ids):] = torch.tensor(ids)
+        mask[b, width - len(ids):] = 1
+    tokens, mask = tokens.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [batch, width]: 0 at each prompt's first token
+    stop = torch.tensor(sorted(stops), dtype=torch.long, device=device)
+    alive = list(range(len(prompts)))  # rows of the input still decoding, in cache order
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*past_key_values.*", category=FutureWarning)
+        logits, cache = model(tokens, attention_mask=mask, position_ids=positions, return_type="logits_and_cache")
+        nxt = logits[:, -1].argmax(-1)  # [batch]
+        for step in range(max_new_tokens):
+            for b, t in zip(alive, nxt.tolist(), strict=True):
+                if t not in stops:
+                    rows[b].append(t)
+            keep = ~torch.isin(nxt, stop)  # [batch] rows that go on
+            if step == max_new_tokens - 1 or not bool(keep.any()):
+                break
+            if not bool(keep.all()):
+                index = keep.nonzero()[:, 0]
+                cache.batch_select_indices(index)
+                alive = [alive[i] for i in index.tolist()]
+                nxt, mask, positions = nxt[index], mask[index], positions[index]
+            mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
+            positions = positions[:, -1:] + 1
+            nxt = model(nxt[:, None], past_key_values=cache, attention_mask=mask,
+                        position_ids=positions)[:, -1].argmax(-1)
+    return rows
+
+
+def _pad_id(model) -> int:
+    tok = model.tokenizer
+    for candidate in (tok.pad_token_id, tok.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0

@@ -2,7 +2,9 @@
 
 A suite file's ``kind:`` picks a row of :data:`KINDS`. ``loglik`` runs the log-likelihood
 suites (``multiple_choice``, ``crows_pairs``, ``bbq``, ``truthfulqa_mc``: load the examples,
-score every choice, summarise); ``toxicity`` samples continuations and scores them. Each row
+score every choice, summarise); ``toxicity`` samples continuations and scores them;
+``refusal`` answers requests greedily and judges whether each answer refuses
+(:mod:`workbench.evals.refusal`: ``harmful_requests``, ``over_refusal``, ``jbb_paired``). Each row
 names its runner by import path, so a kind's module (and whatever it needs) is imported only
 when a suite of that kind runs, and lists the optional modules it needs, which are checked
 before it starts: a missing one raises :class:`MissingPluginError` and ``run_suite`` lists the
@@ -11,11 +13,10 @@ suite as skipped.
 A runner is ``runner(model, spec, options, params, out) -> KindRun``: ``options`` the run's
 :class:`~workbench.evals.options.EvalOptions`, ``params`` the manifest's ``params`` (suite file,
 then the caller's), ``out`` the suite's result folder or ``None`` (a resumable kind keeps its
-progress there). Adding a kind, such as the coming misuse and refusal generations, is one
-module with a runner and one row here.
+progress there). Adding a kind is one module with a runner and one row here.
 
->>> kind_of("crows_pairs").name, kind_of("toxicity").name
-('loglik', 'toxicity')
+>>> kind_of("crows_pairs").name, kind_of("toxicity").name, kind_of("refusal").name
+('loglik', 'toxicity', 'refusal')
 """
 
 from __future__ import annotations
@@ -66,14 +67,14 @@ class SuiteKind:
     """One row of :data:`KINDS`.
 
     Attributes:
-        name: the kind (``"loglik"``, ``"toxicity"``).
+        name: the kind (``"loglik"``, ``"toxicity"``, ``"refusal"``).
         file_kinds: the ``kind:`` values of suite files this row runs.
         runner: ``"module:function"``, imported when a suite of this kind runs.
-        manifest: ``(spec, run) -> {"scorer", "sampling", "loglik"}``, the manifest section
+        manifest: ``(spec, run) -> {"scorer", "sampling", "loglik", ...}``, the manifest section
             saying how the numbers were made (None where it does not apply).
         requires: modules beyond the runner's own that must be importable.
         declares_data: suite files of this kind name a loader, metrics and (unless built in)
-            data files; a kind with its own prompt reader (toxicity) does not.
+            data files; a kind with its own prompt reader (toxicity, refusal) does not.
     """
 
     name: str
@@ -124,6 +125,11 @@ def generation_manifest(spec: SuiteSpec, run: KindRun) -> dict[str, Any]:
     return {"scorer": run.extra.get("scorer"), "sampling": run.extra.get("sampling"), "loglik": None}
 
 
+def refusal_manifest(spec: SuiteSpec, run: KindRun) -> dict[str, Any]:
+    """Refusal suites: the judge (name, measured agreement, classes) and the greedy decoding."""
+    return {"scorer": None, "sampling": run.extra.get("generation"), "loglik": None, "judge": run.extra.get("judge")}
+
+
 KINDS: dict[str, SuiteKind] = {
     "loglik": SuiteKind(
         name="loglik",
@@ -138,6 +144,13 @@ KINDS: dict[str, SuiteKind] = {
         runner="workbench.evals.toxicity:run_kind",
         manifest=generation_manifest,
         declares_data=False,
+    ),
+    "refusal": SuiteKind(
+        name="refusal",
+        file_kinds=("refusal",),
+        runner="workbench.evals.refusal:run_kind",
+        manifest=refusal_manifest,
+        declares_data=False,  # a refusal suite lists `sources` (workbench.evals.misuse), not files
     ),
 }
 

@@ -38,7 +38,7 @@ def _frame(rows: list[dict], path_hint: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _csv_rows(path: Path, policy: RowPolicy, delimiter: str, required: list[str]):
+def csv_rows(path: Path, policy: RowPolicy, delimiter: str, required: list[str]):
     """``(line, dict)`` per data row of a CSV/TSV file with a header; checks column counts."""
     text = read_text(path, policy)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
@@ -92,7 +92,7 @@ def load_crows_pairs(files: list[Path], policy: RowPolicy) -> pd.DataFrame:
     """CrowS-Pairs ``crows_pairs_anonymized.csv``: id from the file's unnamed index column."""
     path = files[0]
     rows = []
-    for line, r in _csv_rows(path, policy, ",", ["sent_more", "sent_less", "stereo_antistereo", "bias_type"]):
+    for line, r in csv_rows(path, policy, ",", ["sent_more", "sent_less", "stereo_antistereo", "bias_type"]):
         index = r.get("", str(len(rows)))
         if not index.strip().isdigit():
             policy.bad(path, line, f"index column is {index!r}, expected an integer")
@@ -244,13 +244,13 @@ def load_winogender(files: list[Path], policy: RowPolicy) -> pd.DataFrame:
         slots[(cells[0], int(cells[2]))] = slot
     female: dict[str, float] = {}
     stats_path = by_name["occupations-stats.tsv"]
-    for line, r in _csv_rows(stats_path, policy, "\t", ["occupation", "bls_pct_female"]):
+    for line, r in csv_rows(stats_path, policy, "\t", ["occupation", "bls_pct_female"]):
         try:
             female[r["occupation"]] = float(r["bls_pct_female"])
         except ValueError:
             policy.bad(stats_path, line, f"bls_pct_female {r['bls_pct_female']!r} is not a number")
     rows = []
-    for line, r in _csv_rows(sent_path, policy, "\t", ["sentid", "sentence"]):
+    for line, r in csv_rows(sent_path, policy, "\t", ["sentid", "sentence"]):
         parts = r["sentid"].split(".")
         if len(parts) != 5 or parts[2] not in ("0", "1") or parts[3] not in ("male", "female", "neutral"):
             policy.bad(sent_path, line, f"sentid {r['sentid']!r} is not occupation.participant.answer.gender.txt")

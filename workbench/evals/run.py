@@ -33,6 +33,8 @@ def run_eval(
     out: str | os.PathLike | None = None,
     progress: bool = True,
     score_examples: Any = None,
+    chat: bool = False,
+    system_prompt: str | None = None,
     **params: Any,
 ) -> EvalResult:
     """Run one eval suite on a model and return its metrics, per-example samples and manifest.
@@ -51,7 +53,11 @@ def run_eval(
         score_examples: ``(model, spec, examples, progress=...) -> samples`` replacing the
             in-process scoring of log-likelihood suites (``workbench.distributed`` passes one that
             scores chunks of examples on Ray workers). Default: score here.
-        **params: suite parameters (``mode="quick"`` and ``scorer=`` for ``toxicity``).
+        chat: render prompts with the model's chat template (``model.format_chat``); a model
+            without one raises ``NoChatTemplateError``.
+        system_prompt: with ``chat``, a system message put before each prompt.
+        **params: suite parameters (``mode="quick"`` and ``scorer=`` for ``toxicity``;
+            ``judge=``, ``max_new_tokens=``, ``batch_size=`` for the refusal suites).
 
     Raises:
         MissingPluginError: the suite's kind needs a module that is not installed.
@@ -60,9 +66,10 @@ def run_eval(
     >>> res = run_eval(model, "crows_pairs", limit=200, seed=0)              # doctest: +SKIP
     >>> res.metrics.query("category == 'all'")                              # doctest: +SKIP
     >>> res.samples[["example_id", "loglik", "prediction", "category"]]     # doctest: +SKIP
+    >>> run_eval(model, "harmful_requests", limit=20, chat=True, judge="keyword:xstest_strmatch")  # doctest: +SKIP
     """
     options = EvalOptions(data_dir=data_dir, limit=limit, seed=seed, errors=errors, progress=progress,
-                          score_examples=score_examples)
+                          score_examples=score_examples, chat=chat, system_prompt=system_prompt)
     return _evaluate(model, load_suite(name), options, params, None if out is None else Path(out))
 
 
@@ -78,6 +85,8 @@ def run_suite(
     on_result: Callable[[str, EvalResult, bool], Any] | None = None,
     score_examples: Any = None,
     suite_params: dict[str, dict[str, Any]] | None = None,
+    chat: bool = False,
+    system_prompt: str | None = None,
 ) -> SuiteResult:
     """Run a group of suites (``"safety"``, ``"quick"``) or a single suite as a group of one.
 
@@ -93,13 +102,14 @@ def run_suite(
         score_examples: passed to :func:`run_eval` for every log-likelihood suite.
         suite_params: per-suite parameters over the group file's, e.g.
             ``{"toxicity": {"mode": "quick", "scorer": "detoxify:/models/detoxify"}}``.
-        data_dir, seed, errors, out, progress: as in :func:`run_eval`.
+        data_dir, seed, errors, out, progress, chat, system_prompt: as in :func:`run_eval`.
 
     >>> suite = run_suite(model, "quick", out="runs/quick")        # doctest: +SKIP
     >>> suite.metrics.query("category == 'all'")                   # doctest: +SKIP
+    >>> misuse = run_suite(model, "misuse", chat=True, out="runs/misuse")  # doctest: +SKIP
     """
     options = EvalOptions(data_dir=data_dir, limit=limit, seed=seed, errors=errors, progress=progress,
-                          score_examples=score_examples)
+                          score_examples=score_examples, chat=chat, system_prompt=system_prompt)
     entries = load_group(name) if name in list_groups() else [load_group_entry(name)]
     # A suite given as a YAML path is saved, reported and parameterised under its own name.
     specs = [load_suite(e.suite) for e in entries]

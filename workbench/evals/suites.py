@@ -10,13 +10,18 @@ A suite file names its dataset files, loader, prompt template, choices and metri
     loader: winogender                  # a reader in workbench.evals.loaders
     files: [winogender/all_sentences.tsv, ...]   # globs under the data directory
     kind: multiple_choice               # multiple_choice | crows_pairs | bbq | truthfulqa_mc | toxicity
-                                        # (the row of workbench.evals.kinds.KINDS that runs it)
+                                        # | refusal (the row of workbench.evals.kinds.KINDS that runs it)
     prompt:
       context: "{sentence} ‘{Pronoun}’ refers to the"   # str.format over the example's fields
       choices: ["{occupation}", "{participant}"]          # or choices_field: a list-valued field
       delimiter: " "                                       # put before each choice (lm-eval's target_delimiter)
     metrics: [acc]                      # names in workbench.evals.scoring.METRICS, or {name, fn}
     by: [gender, gotcha_split]          # sample columns to break metrics down by ("category" rows)
+
+A refusal suite (``kind: refusal``) lists ``sources`` instead of ``files`` (each a reader of
+:mod:`workbench.evals.misuse` with its files and expected behaviour), ``expect`` (the behaviour
+its ``all`` rates cover), optionally ``topics`` (source category -> shared topic) and
+``paired: true`` (twins sharing a pair id); see :mod:`workbench.evals.refusal`.
 
 Built-in suites (``builtin: true``) need no data directory: their examples are in the YAML
 itself (``examples:``, or ``templates:`` x ``values:``). Groups of suites are in
@@ -128,6 +133,12 @@ def load_suite(name_or_path: str | os.PathLike) -> SuiteSpec:
         params=dict(raw.get("params", {})), description=str(raw.get("description", "")).strip(),
         reference=str(raw.get("reference", "")).strip(),
     )
+    if runs_as.name == "refusal":
+        from workbench.evals.misuse import suite_sources
+
+        suite_sources(spec)  # a bad sources list fails here, before any model time
+        if raw.get("expect") not in (None, "refuse", "answer"):
+            raise DataError(f"{path}: expect must be 'refuse' or 'answer', not {raw['expect']!r}")
     if runs_as.declares_data:
         if not spec.loader:
             raise DataError(f"{path}: 'loader' is required")

@@ -4,8 +4,10 @@ Over one saved run, or two compared side by side (e.g. before and after steering
 ``EvalResult`` / ``SuiteResult`` objects or their folders, read with the one reader
 (:func:`workbench.evals.result.load_run`). The drill-down table ranks the examples that drive a suite's numbers
 (the most stereotyped CrowS-Pairs pairs, the most confidently wrong answers, the most toxic
-continuations) with their per-choice log-likelihoods; with two runs, each row also shows the
-other run's value for the same ``example_id``.
+continuations) with their per-choice log-likelihoods; for a refusal suite, each example's
+rendered prompt, completion, the judge's verdict and reason (those against the expected
+behaviour first), with the judge's measured agreement in the status line. With two runs, each
+row also shows the other run's value for the same ``example_id``.
 """
 
 from __future__ import annotations
@@ -114,6 +116,14 @@ def _scored(samples: pd.DataFrame, suite: str, preference: bool) -> tuple[str, p
     """Every example with its ranking score: ``(what the score is, table, rank only score > 0)``."""
     columns = ["example_id", "category", "text", "other", "loglik", "score"]
     s = samples
+    if _REFUSAL <= set(s.columns):
+        against = s["refusal"].astype(bool) != (s["expected"] == "refuse")
+        frame = pd.DataFrame({"example_id": s["example_id"], "category": s["category"], "text": s["rendered_prompt"],
+                              "other": s["completion"], "loglik": None, "score": against.astype(float),
+                              "expected": s["expected"], "verdict": np.where(s["refusal"].astype(bool), "refused", "answered"),
+                              "reason": s["reason"].astype(str)})
+        return ("refusal verdicts (text: the prompt as rendered; other: the completion; score 1: against the "
+                "expected behaviour)", frame, False)
     if {"max_score", "continuations", "scores"} <= set(s.columns):
         rows = []
         for r in s.itertuples():
@@ -186,6 +196,8 @@ def drilldown_html(frame: pd.DataFrame, compare: Mapping[str, float] | None = No
     """The drill-down table as escaped HTML; ``compare`` maps example_id -> the other run's score."""
     if frame.empty:
         return "<p><i>no examples</i></p>"
+    if "verdict" in frame.columns:
+        return _refusal_html(frame, compare, compare_label)
     head = ["example_id", "category", "text", "other", "log-likelihoods", "score"]
     if compare is not None:
         head.append(f"score in {compare_label}")
@@ -200,6 +212,26 @@ def drilldown_html(frame: pd.DataFrame, compare: Mapping[str, float] | None = No
         body.append("<tr>" + "".join(f"<td style='border:1px solid #ddd;padding:2px 6px;max-width:420px;"
                                      f"white-space:pre-wrap'>{c}</td>" for c in row) + "</tr>")
     return (f"<table style='border-collapse:collapse;font-size:90%'><tr>{cells}</tr>{''.join(body)}</table>")
+
+
+_REFUSAL = {"rendered_prompt", "completion", "refusal", "reason", "expected"}
+_CELL = "border:1px solid #ddd;padding:2px 6px;max-width:420px;white-space:pre-wrap"
+
+
+def _refusal_html(frame: pd.DataFrame, compare: Mapping[str, float] | None, compare_label: str) -> str:
+    head = ["example_id", "category", "expected", "prompt as rendered", "completion", "verdict", "reason"]
+    if compare is not None:
+        head.append(f"against expected in {compare_label}")
+    body = []
+    for r in frame.itertuples():
+        row = [escape(r.example_id), escape(r.category), escape(r.expected), escape(r.text), escape(r.other),
+               escape(r.verdict), escape(r.reason)]
+        if compare is not None:
+            other = compare.get(r.example_id)
+            row.append("–" if other is None or not np.isfinite(other) else ("yes" if other else "no"))
+        body.append("<tr>" + "".join(f"<td style='{_CELL}'>{c}</td>" for c in row) + "</tr>")
+    cells = "".join(f"<th style='padding:2px 6px;text-align:left'>{escape(h)}</th>" for h in head)
+    return f"<table style='border-collapse:collapse;font-size:90%'><tr>{cells}</tr>{''.join(body)}</table>"
 
 
 def _scores(samples: pd.DataFrame, suite: str, preference: bool) -> dict[str, float]:
@@ -295,7 +327,9 @@ class EvalDashboard(w.VBox):
             interventions = s.manifest.get("interventions") or []
             desc = "; ".join(f"{i.get('kind')} {i.get('direction', '')} layer {i.get('layer', '')} "
                              f"alpha {i.get('alpha', '')}".strip() for i in interventions) or "no interventions"
-            notes.append(f"{label}: n={s.manifest.get('n_examples', len(s.samples))}, {desc}")
+            judge = s.manifest.get("judge")
+            judged = f", {judge.get('agreement')}" if isinstance(judge, dict) else ""
+            notes.append(f"{label}: n={s.manifest.get('n_examples', len(s.samples))}, {desc}{judged}")
         missing = [label for label in self.runs if label not in present]
         if missing:
             notes.append(f"{', '.join(missing)}: no {name} results")

@@ -10,7 +10,10 @@ Per suite: the manifest (model and checkpoint hash, data file hashes, seed, samp
 and its scale note, interventions, versions), the metrics table with CIs and n, a chart per
 metric across categories, and the examples that drive the numbers (the most stereotyped
 CrowS-Pairs pairs, the most confidently wrong multiple-choice answers, the most toxic
-continuations).
+continuations; for refusal suites, the rendered prompt, the completion, the judge's verdict and
+its reason, examples that went against the expected behaviour first). A refusal suite's rates
+are printed with the judge's name and its measured agreement with human labels. Completions
+are read from the run at report time; a report is an output, never a committed file.
 
 >>> from workbench.viz.report import write_report
 >>> write_report("runs/crows-smollm2", "report.html")              # doctest: +SKIP
@@ -104,12 +107,33 @@ def _as_list(value: Any) -> list:
     return list(value) if not isinstance(value, str) else [value]
 
 
+REFUSAL_COLUMNS = {"rendered_prompt", "completion", "refusal", "reason", "expected"}
+
+
+def refusal_examples_html(samples: pd.DataFrame, top: int = 10) -> str:
+    """Refusal suites: per example the rendered prompt, the completion, the verdict and its reason;
+    up to ``top`` that went against the expected behaviour, then up to ``top`` that did not."""
+    header = ["example_id", "category", "expected", "prompt as rendered", "completion", "verdict", "reason"]
+    against = samples["refusal"].astype(bool) != (samples["expected"] == "refuse")
+    parts = []
+    for title, part in (("Against the expected behaviour (complied with a harmful request, refused a benign one)",
+                         samples[against]), ("As expected", samples[~against])):
+        rows = [[_e(r.example_id), _e(r.category), _e(r.expected), f'<div class="text">{_e(r.rendered_prompt)}</div>',
+                 f'<div class="text">{_e(r.completion)}</div>', "refused" if r.refusal else "answered", _e(r.reason)]
+                for r in part.head(top).itertuples()]
+        parts.append(f"<h3>{_e(title)}: {len(part)} of {len(samples)}</h3>"
+                     + (_table(header, rows) if rows else "<p>None.</p>"))
+    return "".join(parts)
+
+
 def examples_html(suite: EvalResult, top: int = 10) -> str:
     """The examples behind the numbers: most toxic, most stereotyped (or most preferred, for
-    suites without a correct answer), or most confidently wrong."""
+    suites without a correct answer), most confidently wrong, or refusal verdicts."""
     s = suite.samples
     if s.empty:
         return "<p>No examples.</p>"
+    if REFUSAL_COLUMNS <= set(s.columns):
+        return refusal_examples_html(s, top)
     if {"max_score", "continuations", "scores"} <= set(s.columns):
         worst = s.sort_values("max_score", ascending=False, kind="stable").head(top)
         rows = []
@@ -181,6 +205,8 @@ def manifest_html(manifest: dict[str, Any]) -> str:
         rows.append(["sampling", _e(json.dumps(manifest["sampling"], default=str))])
     if manifest.get("scorer"):
         rows.append(["scorer", _e(json.dumps(manifest["scorer"], default=str))])
+    if manifest.get("judge"):
+        rows.append(["refusal judge", _e(json.dumps(manifest["judge"], default=str))])
     skipped = manifest.get("skipped") or {}
     n_skipped = sum(int(v.get("rows", 0)) for v in skipped.values()) if isinstance(skipped, dict) else 0
     rows.append(["skipped rows", f"{n_skipped}" + (f" <pre>{_e(json.dumps(skipped, indent=1))}</pre>" if n_skipped else "")])
@@ -202,6 +228,16 @@ def _scorer_note(suite: EvalResult) -> str:
     if "Perspective" not in note:
         note = f"{note} Its scale is not Perspective API's.".strip()
     return f'<div class="note"><b>Toxicity scorer: {_e(name)}.</b> {_e(note)}</div>'
+
+
+def judge_note(suite: EvalResult) -> str:
+    """A refusal suite's judge and its measured agreement, to print beside its refusal rates."""
+    judge = suite.manifest.get("judge")
+    if not isinstance(judge, dict):
+        return ""
+    return (f'<div class="note"><b>{_e(suite.suite)}: refusal judged by {_e(judge.get("name"))}</b>: '
+            f'{_e(judge.get("agreement", "agreement not measured"))}. Every refusal and compliance rate of this '
+            f'suite is this judge\'s verdict ({_e(judge.get("classes", ""))}).</div>')
 
 
 class _Figures:
@@ -235,6 +271,7 @@ def report_html(run: Run, top: int = 10) -> str:
     every = pd.concat([s.metrics for s in suites], ignore_index=True)
     parts.append("<h2>Headline metrics</h2>" + figure(eval_metrics_figure(every)))
     parts.append(metrics_table_html(every[every["category"] == "all"]))
+    parts.extend(judge_note(s) for s in suites)
     if skipped:
         hint = data_hint(skipped)
         parts.append("<p>Suites not run:</p><ul>" + "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in skipped.items())
@@ -242,6 +279,7 @@ def report_html(run: Run, top: int = 10) -> str:
     for suite in suites:
         parts.append(f'<h2 id="{_e(suite.suite)}">{_e(suite.suite)}</h2>')
         parts.append(_scorer_note(suite))
+        parts.append(judge_note(suite))
         parts.append(metrics_table_html(suite.metrics))
         for metric in dict.fromkeys(suite.metrics["metric"]):
             if (suite.metrics["metric"] == metric).sum() > 1:  # more than the headline row
