@@ -108,7 +108,6 @@ class DiskSink:
         return manifest
 
     def _write_tokens(self, f) -> None:
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         from workbench.store.plan import token_schema
@@ -118,7 +117,6 @@ class DiskSink:
         with pq.ParquetWriter(f, token_schema(), compression="snappy") as writer:
             for batch in self.plan.token_batches():
                 writer.write_batch(batch)
-        pa.default_memory_pool().release_unused()  # arrow's allocator keeps freed batches otherwise
 
     def has_shard(self, k: int) -> bool:
         return any(s["index"] == k for s in self.manifest["shards"])

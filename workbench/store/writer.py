@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from workbench.common.memory import release_freed_memory
 from workbench.models.hooks import HookSelection
 from workbench.store.format import STORE_DTYPES, DiskSink, MemorySink
 from workbench.store.plan import Plan, prepare_cache
@@ -72,6 +73,7 @@ def cache_activations(
     plan, config = prepare_cache(model, texts, hooks, positions=positions, dtype=dtype, batch_size=batch_size,
                                  text_column=text_column, too_long=too_long, shard_size=shard_size)
     sink = DiskSink(Path(path), config, plan) if path is not None else MemorySink(config, plan)
+    release_freed_memory()  # what tokenising every text freed (see workbench.common.memory)
     _run(model, plan, config, sink, progress)
     return sink.store()
 
@@ -93,6 +95,7 @@ def _run(model, plan: Plan, config: dict, sink, progress: bool) -> None:
 
     for k, (start, stop) in todo:
         run_shard(model, plan, config, sink, k, start, stop, on_batch=advance)
+        release_freed_memory()  # a shard's transient batches: the job stays O(shard)
     sink.finish()
     if bar is not None:
         bar.close()

@@ -21,13 +21,15 @@ if TYPE_CHECKING:
 
 
 def attention_patterns(
-    model: HookedLlama, prompt: str | torch.Tensor, layers: Iterable[int] | None = None
+    model: HookedLlama, prompt: str | list[dict] | torch.Tensor, layers: Iterable[int] | None = None
 ) -> tuple[dict[int, np.ndarray], list[str]]:
     """Attention patterns of ``prompt`` for the chosen layers, and its tokens.
 
     Args:
         model: the hooked model.
-        prompt: text (BOS is prepended) or a ``[1, pos]`` token tensor.
+        prompt: text (BOS is prepended), a conversation (a list of ``{"role", "content"}`` dicts,
+            rendered with the model's chat template and an open assistant turn) or a ``[1, pos]``
+            token tensor.
         layers: block indices; ``None`` means every layer.
 
     Returns:
@@ -36,15 +38,18 @@ def attention_patterns(
     >>> patterns, tokens = attention_patterns(model, "The cat sat", layers=[0])   # doctest: +SKIP
     >>> patterns[0].shape                                                          # doctest: +SKIP
     (9, 4, 4)
+    >>> patterns, tokens = attention_patterns(model, [{"role": "user", "content": "Hi"}])  # doctest: +SKIP
     """
     n_layers = model.cfg.n_layers
     layers = list(range(n_layers)) if layers is None else [int(i) for i in layers]
     for layer in layers:
         if not 0 <= layer < n_layers:
             raise ValueError(f"layer {layer} out of range: the model has {n_layers} layers (0-{n_layers - 1})")
-    tokens = model.to_tokens(prompt) if isinstance(prompt, str) else prompt
+    # Anything but a tensor goes through to_tokens: text, or a conversation (chat template).
+    tokens = prompt if isinstance(prompt, torch.Tensor) else model.to_tokens(prompt)
     if tokens.ndim != 2 or tokens.shape[0] != 1:
-        raise ValueError(f"prompt must be one text or a [1, pos] token tensor, got shape {tuple(tokens.shape)}")
+        raise ValueError("prompt must be one text, one conversation or a [1, pos] token tensor, got shape "
+                         f"{tuple(tokens.shape)}")
     names = {f"blocks.{i}.attn.hook_pattern": i for i in layers}
     patterns: dict[int, np.ndarray] = {}
 

@@ -52,17 +52,20 @@ class LogitLens:
         return "embed" if layer < 0 else str(layer)
 
 
-def residual_stack(model: HookedLlama, prompt: str | torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+def residual_stack(model: HookedLlama, prompt: str | list[dict] | torch.Tensor) -> tuple[torch.Tensor, list[str]]:
     """The residual stream at every layer: ``[1 + n_layers, pos, d_model]`` and the tokens.
 
     Row 0 is ``blocks.0.hook_resid_pre`` (the embeddings); row ``i + 1`` is
-    ``blocks.{i}.hook_resid_post``.
+    ``blocks.{i}.hook_resid_post``. ``prompt``: text (BOS prepended), a conversation (rendered
+    with the chat template and an open assistant turn) or a ``[1, pos]`` token tensor.
 
     >>> resid, tokens = residual_stack(model, "The capital of France is")      # doctest: +SKIP
     """
-    tokens = model.to_tokens(prompt) if isinstance(prompt, str) else prompt
+    # Anything but a tensor goes through to_tokens: text, or a conversation (chat template).
+    tokens = prompt if isinstance(prompt, torch.Tensor) else model.to_tokens(prompt)
     if tokens.ndim != 2 or tokens.shape[0] != 1:
-        raise ValueError(f"prompt must be one text or a [1, pos] token tensor, got shape {tuple(tokens.shape)}")
+        raise ValueError("prompt must be one text, one conversation or a [1, pos] token tensor, got shape "
+                         f"{tuple(tokens.shape)}")
     names = ["blocks.0.hook_resid_pre"] + [f"blocks.{i}.hook_resid_post" for i in range(model.cfg.n_layers)]
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=names)
@@ -148,7 +151,7 @@ def lens_from_residuals(
 
 def logit_lens(
     model: HookedLlama,
-    prompt: str | torch.Tensor,
+    prompt: str | list[dict] | torch.Tensor,
     target: str | int | None = None,
     k: int = 5,
     positions: Sequence[int] | None = None,
@@ -157,7 +160,8 @@ def logit_lens(
 
     Args:
         model: the hooked model.
-        prompt: text (BOS prepended) or a ``[1, pos]`` token tensor.
+        prompt: text (BOS prepended), a conversation (a list of ``{"role", "content"}`` dicts,
+            rendered with the chat template and an open assistant turn) or a ``[1, pos]`` token tensor.
         target: a token (text: its first token is used; or an id) whose probability to follow.
         k: top tokens kept per layer and position.
         positions: positions to decode (negative counts from the end); default: every position

@@ -57,19 +57,24 @@ class SteeringGenerator(w.VBox):
         do_sample, top_p, temperature: sampling parameters (``do_sample=False`` is greedy).
         scorer: a toxicity scorer or its name (``wb.get_scorer``); default ``profanity-check``.
         alpha_max: the strength slider's range is ``[-alpha_max, alpha_max]``.
+        chat: the prompt is sent as a one-message conversation (``[{"role": "user", "content":
+            prompt}]``) to ``model.generate``, so the model sees it through its chat template with
+            an open assistant turn; the cards show the prompt as rendered.
 
     A change of any control generates again (the unsteered text is reused while only the layer,
     direction or strength change).
 
     >>> gen = wb.viz.SteeringGenerator(model, {"gender": sweep.direction(12)}, "The nurse said that", alpha=6)  # doctest: +SKIP
     >>> gen.alpha.value = -6                                                                           # doctest: +SKIP
+    >>> chat = wb.viz.SteeringGenerator(model, rd.direction, "How do I bake bread?", chat=True)          # doctest: +SKIP
     """
 
     def __init__(self, model: HookedLlama, directions: Any, prompt: str = "The nurse said that",
                  layer: int | None = None, alpha: float = 4.0, max_new_tokens: int = 20, seed: int = 0,
                  do_sample: bool = True, top_p: float | None = 0.9, temperature: float = 1.0,
-                 scorer: Any = None, alpha_max: float = 20.0):
+                 scorer: Any = None, alpha_max: float = 20.0, chat: bool = False):
         self.model = model
+        self.chat = bool(chat)
         self.directions = _directions(directions)
         self.scorer = get_scorer(scorer)
         self.sampling = {"max_new_tokens": int(max_new_tokens), "seed": int(seed), "do_sample": bool(do_sample),
@@ -99,8 +104,12 @@ class SteeringGenerator(w.VBox):
         self.add_class("wb-steering-generator")
         guarded(self.status, self.generate)
 
+    def _message(self, prompt: str) -> str | list[dict]:
+        """What ``model.generate`` gets: the text, or with ``chat`` a one-message conversation."""
+        return [{"role": "user", "content": prompt}] if self.chat else prompt
+
     def _generate(self, prompt: str) -> str:
-        return self.model.generate(prompt, include_prompt=False, **self.sampling)
+        return self.model.generate(self._message(prompt), include_prompt=False, **self.sampling)
 
     def generate(self) -> None:
         """Generate both continuations for the current controls and score them."""
@@ -116,12 +125,14 @@ class SteeringGenerator(w.VBox):
             self.texts["steered"] = self._generate(prompt)
         scores = self.scorer.score([self.texts["unsteered"], self.texts["steered"]])
         self.scores = {"unsteered": float(scores[0]), "steered": float(scores[1])}
-        self.unsteered.value = continuation_html(prompt, self.texts["unsteered"], self.scores["unsteered"],
+        shown = self.model.format_chat(self._message(prompt)) if self.chat else prompt
+        self.unsteered.value = continuation_html(shown, self.texts["unsteered"], self.scores["unsteered"],
                                                  "unsteered", self.scorer.name)
         title = f"steered: {self.direction.value}, layer {self.layer.value}, strength {self.alpha.value:+g}"
-        self.steered.value = continuation_html(prompt, self.texts["steered"], self.scores["steered"], title,
+        self.steered.value = continuation_html(shown, self.texts["steered"], self.scores["steered"], title,
                                                self.scorer.name)
         how = f"sampled (top_p={self.sampling['top_p']}, seed {self.sampling['seed']})" if self.sampling["do_sample"] \
             else "greedy"
+        template = f"; chat template: {self.model.chat_template.name}" if self.chat else ""
         set_status(self.status, f"{how}, {self.sampling['max_new_tokens']} new tokens at most; "
-                                f"toxicity scorer: {self.scorer.name}")
+                                f"toxicity scorer: {self.scorer.name}{template}")
