@@ -196,7 +196,7 @@ def _greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stops: s
         return rows
     device = model.device
     width = max(len(p) for p in prompts)
-    pad = _pad_id(model)
+    pad = model.pad_token_id
     tokens = torch.full((len(prompts), width), pad, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for b, ids in enumerate(prompts):  # left padding: every prompt ends at the last column
@@ -229,9 +229,3 @@ def _greedy_batch(model, prompts: list[list[int]], max_new_tokens: int, stops: s
     return rows
 
 
-def _pad_id(model) -> int:
-    tok = model.tokenizer
-    for candidate in (tok.pad_token_id, tok.eos_token_id, 0):
-        if candidate is not None:
-            return int(candidate)
-    return 0

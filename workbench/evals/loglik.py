@@ -196,7 +196,7 @@ def _score_plain(model, encoded, order, results, batch_tokens, max_batch, advanc
         users.setdefault(encoded[i].context + encoded[i].continuation[:-1], []).append(i)
     rows = _pack_rows(sorted(users), row_tokens)
     device = _device(model)
-    pad = _pad_id(model)
+    pad = model.pad_token_id
     dtype = _float_dtype(model)
     for batch in _batches(rows, lambda r: len(r.tokens), batch_tokens, max_batch):
         width = max(len(r.tokens) for r in batch)
@@ -330,7 +330,7 @@ def _score_shared(model, ctx, continuations, idx, results, batch_tokens, max_bat
         if longer:
             feed = [list(continuations[k][:-1]) for k in longer]
             width = max(len(f) for f in feed)
-            pad = _pad_id(model)
+            pad = model.pad_token_id
             tokens = torch.tensor([f + [pad] * (width - len(f)) for f in feed], device=device)
             past = copy.deepcopy(cache)
             past.batch_repeat_interleave(len(longer))
@@ -374,12 +374,6 @@ def _fused_attention(model):
     return sdpa_while(bridge)
 
 
-def _pad_id(model) -> int:
-    tok = model.tokenizer
-    for candidate in (tok.pad_token_id, tok.eos_token_id, 0):
-        if candidate is not None:
-            return int(candidate)
-    return 0
 
 
 def _float_dtype(model) -> torch.dtype:

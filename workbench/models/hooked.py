@@ -249,7 +249,7 @@ class HookedLlama:
             rows = [chat.encode_chat_text(self.tokenizer, self.format_chat(c), self.tokenizer_adds_bos)
                     for c in conversations]
             side = kwargs.get("padding_side") or getattr(self.tokenizer, "padding_side", "right")
-            tokens = chat.pad_rows(rows, self._pad_id(), side)  # never truncated
+            tokens = chat.pad_rows(rows, self.pad_token_id, side)  # never truncated
             return tokens.to(self._token_device()) if kwargs.get("move_to_device", True) else tokens
         return self.bridge.to_tokens(input, prepend_bos=prepend_bos, **kwargs)
 
@@ -300,7 +300,9 @@ class HookedLlama:
     def _token_device(self) -> torch.device | str:
         return getattr(self.cfg, "device", None) or self.device
 
-    def _pad_id(self) -> int:
+    @property
+    def pad_token_id(self) -> int:
+        """The id padded rows are filled with: the tokenizer's pad token, else EOS, else 0."""
         tok = self.tokenizer
         return next((int(i) for i in (tok.pad_token_id, tok.eos_token_id) if i is not None), 0)
 

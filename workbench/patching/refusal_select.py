@@ -153,7 +153,7 @@ def run_rows(
             cache = _prefix_cache(model, prompts, groups, hooks_for, device)
             suffixes = [prompts.ids[p][prompts.prefix :] for _, p in chunk]
             width = max(len(s) for s in suffixes)
-            tokens = torch.full((len(chunk), width), _pad_id(model), dtype=torch.long)
+            tokens = torch.full((len(chunk), width), model.pad_token_id, dtype=torch.long)
             for r, s in enumerate(suffixes):
                 tokens[r, : len(s)] = torch.tensor(s)
             last = torch.tensor([len(s) - 1 for s in suffixes], device=device)
@@ -201,12 +201,6 @@ def _reader(store: list, last: torch.Tensor, k: int):
     return read
 
 
-def _pad_id(model) -> int:
-    tok = model.tokenizer
-    for value in (getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None)):
-        if value is not None:
-            return int(value)
-    return 0
 
 
 def plain_last_logits(model, prompts: PromptSet, batch_size: int = 16) -> torch.Tensor:
@@ -218,7 +212,7 @@ def plain_last_logits(model, prompts: PromptSet, batch_size: int = 16) -> torch.
         for start in range(0, len(prompts), batch_size):
             chunk = prompts.ids[start : start + batch_size]
             width = max(len(x) for x in chunk)
-            tokens = torch.full((len(chunk), width), _pad_id(model), dtype=torch.long)
+            tokens = torch.full((len(chunk), width), model.pad_token_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
             for r, x in enumerate(chunk):
                 tokens[r, width - len(x) :], mask[r, width - len(x) :] = torch.tensor(x), 1
