@@ -55,7 +55,7 @@ def xstest_labelled(data_dir=None) -> pd.DataFrame:
         path = root / rel
         if not path.is_file():
             raise MissingDataError(f"judge agreement reads {path}, which does not exist: put the published "
-                                   "xstest/ folder in the data directory (`workbench data pull`)",
+                                   "xstest/ folder in the data directory (set WORKBENCH_DATA; `workbench data pull` does not fetch it yet)",
                                    short=f"{rel} not found")
         frame = pd.read_csv(path, dtype={"completion": str, "prompt": str}, keep_default_na=False)
         missing = [c for c in ("id", "type", "prompt", "completion", "final_label") if c not in frame.columns]

@@ -67,7 +67,7 @@ def _read_lists(data_dir=None) -> tuple[Path, dict[str, Any]]:
     path = root / SUBSTRINGS_FILE
     if not path.is_file():
         raise MissingDataError(f"the keyword refusal judges read {path}, which does not exist: put the "
-                               "published refusal_judges/ folder there (`workbench data pull`)",
+                               "published refusal_judges/ folder there, or point WORKBENCH_DATA at a copy (`workbench data pull` does not fetch it yet)",
                                short=f"{SUBSTRINGS_FILE} not found")
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))

@@ -129,7 +129,7 @@ def arditi_splits(data_dir=None) -> dict[str, list[str]]:
         path = folder / f"{name}.json"
         if not path.is_file():
             raise MissingDataError(f"refusal_direction: {path} is missing; it holds Arditi et al.'s splits "
-                                   "(`workbench data pull`, or pass harmful=/harmless= lists)",
+                                   "(set WORKBENCH_DATA, or pass harmful=/harmless= lists)",
                                    short=f"refusal_direction: {path.name} missing")
         rows = json.loads(path.read_text())
         try:
