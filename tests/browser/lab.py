@@ -74,7 +74,8 @@ def jupyterlab(workdir: Path, notebooks: list[Path], startup_timeout: float = 90
     # widgets would be missing from the DOM the test inspects.
     tracker = workdir / "settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
     tracker.parent.mkdir(parents=True)
-    tracker.write_text(json.dumps({"windowingMode": "none"}))
+    # recordTiming: each cell's metadata keeps when it started and ended (run_all reports them).
+    tracker.write_text(json.dumps({"windowingMode": "none", "recordTiming": True}))
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(config), JUPYTER_RUNTIME_DIR=str(workdir / "runtime"),
                JUPYTER_DATA_DIR=str(workdir / "data"), IPYTHONDIR=str(workdir / "ipython"),
                JUPYTER_PLATFORM_DIRS="1", PYTHONUNBUFFERED="1")
@@ -154,17 +155,70 @@ def cell_prompts(page) -> list[str]:
     return page.locator(".jp-CodeCell .jp-InputArea-prompt").all_text_contents()
 
 
-def run_all(page, lab: Lab, timeout: float = 420, on_timeout: Path | None = None) -> None:
-    """Run every cell once the kernel is really there, and wait until each shows ``[n]:``."""
-    # The toolbar says "idle" before the session exists; Run All sent earlier can be lost.
+def run_all(page, lab: Lab, timeout: float = 420, on_timeout: Path | None = None, idle_limit: float = 60) -> None:
+    """Run every cell once the kernel is really there, and wait until each shows ``[n]:``.
+
+    Fails early, with what the page shows, when Run All has stopped short: an error in an
+    output, or the kernel idle for ``idle_limit`` s with cells still unrun (a dead kernel, or a
+    cancelled run). On any failure the cells' prompts, their recorded run times, the kernel's
+    state and the server log's tail are in the message.
+    """
     wait_for(lab.kernel_ready, 60, "the notebook's kernel (idle, with a connection)", page, on_timeout=on_timeout)
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    idle_since: list[float] = []
 
     def finished() -> bool:
-        prompts = cell_prompts(page)
-        return bool(prompts) and all(re.fullmatch(r"\[\d+\]:", p.strip()) for p in prompts)
+        prompts = [p.strip() for p in cell_prompts(page)]
+        if prompts and all(re.fullmatch(r"\[\d+\]:", p) for p in prompts):
+            return True
+        failures = output_failures(page)
+        if failures:
+            _stopped(page, lab, on_timeout, f"an error in an output:\n{failures[0][-3000:]}")
+        idle = not any(s["kernel"]["execution_state"] != "idle" for s in lab.api("/api/sessions"))
+        if not idle or "[*]:" in prompts:
+            idle_since.clear()
+        elif not idle_since:
+            idle_since.append(time.monotonic())
+        elif time.monotonic() - idle_since[0] > idle_limit:
+            _stopped(page, lab, on_timeout, f"the kernel idle for {idle_limit:.0f} s with cells not run")
+        return False
 
-    wait_for(finished, timeout, "Run All to finish", page, step=1, on_timeout=on_timeout)
+    try:
+        wait_for(finished, timeout, "Run All to finish", page, step=1, on_timeout=on_timeout)
+    except TimeoutError as error:
+        raise TimeoutError(f"{error}\n{_run_state(page, lab)}") from None
+
+
+def cell_timings(page) -> list[dict]:
+    """Per code cell of the open notebook: its prompt and the seconds it ran (recordTiming)."""
+    return page.evaluate("""() => {
+        const panel = window.jupyterapp.shell.currentWidget;
+        const cells = panel && panel.content ? panel.content.widgets : [];
+        return cells.filter(c => c.model.type === 'code').map((c, i) => {
+            const t = c.model.getMetadata('execution') || {};
+            const start = Date.parse(t['shell.execute_reply.started'] || t['iopub.execute_input'] || '');
+            const end = Date.parse(t['shell.execute_reply'] || '');
+            return {cell: i, source: c.model.sharedModel.getSource().slice(0, 60),
+                    seconds: isNaN(start) || isNaN(end) ? null : (end - start) / 1000};
+        });
+    }""")
+
+
+def _run_state(page, lab: Lab) -> str:
+    with contextlib.suppress(Exception):
+        sessions = [s["kernel"]["execution_state"] for s in lab.api("/api/sessions")]
+    prompts = [p.strip() for p in cell_prompts(page)]
+    timings = [f"  {t['cell']}: {t['seconds']} s  {t['source']!r}" for t in cell_timings(page)]
+    log = lab.log.read_text(errors="replace")[-2000:] if lab.log.is_file() else ""
+    return (f"kernel: {locals().get('sessions', '?')}; prompts: {prompts}\ncell run times:\n" + "\n".join(timings)
+            + f"\nserver log (tail):\n{log}")
+
+
+def _stopped(page, lab: Lab, on_timeout: Path | None, why: str):
+    if on_timeout is not None:
+        on_timeout.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(on_timeout), full_page=True)
+    raise AssertionError(f"Run All stopped: {why}\n{_run_state(page, lab)}")
 
 
 def output_failures(page) -> list[str]:

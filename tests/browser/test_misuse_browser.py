@@ -10,6 +10,7 @@ prompt or completion).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from lab import (
     ARTIFACTS,
     REPO,
+    cell_timings,
     jupyterlab,
     open_notebook,
     output_failures,
@@ -54,16 +56,14 @@ def output_with(page, text: str):
     return found.first
 
 
-# Opt-in: in the full suite on the 2-core CPU this run once stalled (kernel idle, Run All never
-# finishing within 1500 s) although the same notebook runs headless in about 2 minutes
-# (tests/integration/test_notebook_misuse.py); until that is understood it runs on request.
-@pytest.mark.skipif(os.environ.get("WORKBENCH_BROWSER_MISUSE") != "1",
-                    reason="set WORKBENCH_BROWSER_MISUSE=1 to drive notebook 05 in JupyterLab (slow)")
 def test_misuse_notebook_runs_in_jupyterlab(browser, tmp_path, shared_data):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with jupyterlab(tmp_path, [NOTEBOOK]) as lab:
         page, console_errors = open_notebook(browser, lab, NOTEBOOK.name)
-        run_all(page, lab, timeout=1500, on_timeout=TIMEOUT_SHOT)
+        try:
+            run_all(page, lab, timeout=1500, on_timeout=TIMEOUT_SHOT)
+        finally:
+            (ARTIFACTS / "misuse_cell_times.json").write_text(json.dumps(cell_timings(page), indent=1))
         assert not output_failures(page), f"errors in outputs: {output_failures(page)}"
 
         text = " ".join(page.locator(".jp-OutputArea-output").all_text_contents())
@@ -99,6 +99,8 @@ def test_misuse_notebook_runs_in_jupyterlab(browser, tmp_path, shared_data):
         assert ["prompt as rendered", "completion", "verdict", "reason"] == headers[3:7], headers
         assert "<|im_start|>user" in dashboard.locator("table").text_content()
         assert "agrees with XSTest human labels" in dashboard.text_content()
+        cosines = output_with(page, "cosine similarity")  # per-topic directions against the refusal direction
+        assert cosines.locator("table tbody tr").count() >= 3
 
         screenshot(page, judges, ARTIFACTS / "misuse_judge_agreement.png")
         screenshot(page, layer_plot, ARTIFACTS / "refusal_direction_layers.png")

@@ -21,6 +21,7 @@ def test_misuse_and_refusal(tmp_path, monkeypatch, data_dir):
     assert "skipped" not in text  # with the data directory every suite of the group ran
     layer = re.search(r"refusal direction: layer (\d+), position (-\d)", text)
     assert layer and 0 <= int(layer.group(1)) < 30
-    assert "placebo bypass" in text and "placebo induce" in text
+    assert "placebo bypass" in text and "placebo induce" in text and "p_mcnemar" in text
+    assert "cosine similarity" in text and "prompts per topic: {'disinformation': 6," in text
     assert (tmp_path / "runs" / "misuse-quick" / "suite.json").is_file()
     assert len(widgets) == 3  # the two figures (FigureWidget) and the eval dashboard
