@@ -58,6 +58,7 @@ _API: dict[str, str] = {
     "get_scorer": "workbench.evals",
     "get_judge": "workbench.evals.judges",
     "judge_agreement": "workbench.evals.agreement",
+    "compare_runs": "workbench.evals.compare",
     "pull_data": "workbench.evals",
     # views: plots and widgets (wb.viz.AttentionViewer ...), the offline HTML report
     "viz": "workbench.viz",

@@ -73,7 +73,7 @@ def test_misuse_notebook_runs_in_jupyterlab(browser, tmp_path, shared_data):
         assert layer, "the refusal direction's layer is not printed"
 
         judges = output_with(page, "judge (vs XSTest human labels)")
-        assert judges.locator("table tbody tr").count() >= 2 and "◀ default" in judges.text_content()
+        assert judges.locator("table tbody tr").count() >= 2 and "◀\u00a0default" in judges.text_content()
 
         plots = page.locator(".jp-OutputArea-output .js-plotly-plot")
         wait_for(lambda: plots.count() >= 2, 60, "the two plotly figures", page, on_timeout=TIMEOUT_SHOT)
