@@ -26,6 +26,7 @@ _API: dict[str, str] = {
     # load: a checkpoint in any format becomes a hooked model
     "load_model": "workbench.models.loading",
     "verify_checkpoint": "workbench.models.verify",
+    "diff_checkpoints": "workbench.models.diff",
     "HookedLlama": "workbench.models.hooked",
     # hooks, directions and interventions (model.steer / model.ablate ...)
     "select_hooks": "workbench.models.hooks",

@@ -10,6 +10,7 @@
     workbench eval ...              safety eval suites (safety | quick | one suite): summary table, saved results
     workbench report RUN -o F       self-contained HTML report of a saved eval run (opens offline)
     workbench data pull [NAME]      download the published benchmark files (sha256-checked)
+    workbench diff A B              two checkpoints, tensor by tensor (exit code 0 same / 1 different / 2 error)
 
 One module per command group; the options several commands share (``--model``, ``--dtype``,
 ``--device``, ``--no-verify``; ``--ray``, ``--workers``, ``--threads``) are defined once, in
@@ -23,7 +24,7 @@ import argparse
 
 from rich.console import Console
 
-from workbench.cli import cache, data, demo, models, patch, probe, report
+from workbench.cli import cache, data, demo, diff, models, patch, probe, report
 from workbench.cli import eval as eval_command
 from workbench.common.errors import WorkbenchError
 
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command")
     models.add_parsers(sub)  # info, verify, hooks
-    for module in (cache, probe, patch, demo, eval_command, report, data):
+    for module in (cache, probe, patch, demo, eval_command, report, data, diff):
         module.add_parser(sub)
     return parser
 

@@ -159,6 +159,17 @@ def read_gguf_metadata(path: str | Path) -> dict[str, Any]:
     return _metadata(path, _open_reader(path))
 
 
+def read_gguf(path: str | Path) -> tuple[gguf.GGUFReader, dict[str, Any]]:
+    """The file's reader (header parsed, tensor data memory-mapped, not read) and metadata.
+
+    Raises:
+        CheckpointError: as :func:`read_gguf_metadata`.
+    """
+    path = Path(path)
+    reader = _open_reader(path)
+    return reader, _metadata(path, reader)
+
+
 def read_gguf_chat_template(path: str | Path) -> str | None:
     """The chat template a GGUF file carries (its ``tokenizer.chat_template`` metadata), if any.
 

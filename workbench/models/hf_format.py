@@ -104,7 +104,7 @@ def load_hf_folder(
     >>> model, tokenizer = load_hf_folder(Path("llama-7b-hf"), torch.float32)  # doctest: +SKIP
     """
     config = read_llama_config(folder)
-    tokenizer = _load_tokenizer(folder)
+    tokenizer = load_hf_tokenizer(folder)
     safetensors = sorted(folder.glob("*.safetensors"))
     bins = sorted(folder.glob("*.bin"))
     if not safetensors and not bins:
@@ -159,7 +159,8 @@ def read_llama_config(folder: Path) -> LlamaConfig:
         raise CheckpointError(f"{file}: invalid LLaMA config: {err}") from None
 
 
-def _load_tokenizer(folder: Path):
+def load_hf_tokenizer(folder: Path):
+    """The folder's tokenizer (never remote code); a failure is a ``CheckpointError`` naming the folder."""
     try:
         return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except Exception as err:  # tokenizer loaders raise many types; all mean the same to a user

@@ -273,21 +273,46 @@ def to_hf_state_dict(
     >>> hf["model.layers.0.self_attn.q_proj.weight"].shape  # doctest: +SKIP
     torch.Size([4096, 4096])
     """
+    return {hf_name(name): to_hf_tensor(name, w, params) for name, w in merged.items()}
+
+
+_TOP_NAMES = {
+    "tok_embeddings.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+
+
+def hf_name(meta_name: str) -> str:
+    """The ``LlamaForCausalLM`` name of one of Meta's tensor names.
+
+    >>> hf_name("layers.3.feed_forward.w1.weight")
+    'model.layers.3.mlp.gate_proj.weight'
+    """
+    if meta_name in _TOP_NAMES:
+        return _TOP_NAMES[meta_name]
+    _, layer, rest = meta_name.split(".", 2)
+    return f"model.layers.{layer}.{_LAYER_NAMES[rest]}"
+
+
+def hf_tensor_names(n_layers: int) -> list[str]:
+    """Every weight name of an ``n_layers`` ``LlamaForCausalLM``, in Meta's order.
+
+    >>> len(hf_tensor_names(2)), hf_tensor_names(2)[0]
+    (21, 'model.embed_tokens.weight')
+    """
+    layers = [f"model.layers.{i}.{name}" for i in range(n_layers) for name in _LAYER_NAMES.values()]
+    return [*list(_TOP_NAMES.values())[:2], *layers, "lm_head.weight"]
+
+
+def to_hf_tensor(meta_name: str, w: torch.Tensor, params: MetaParams) -> torch.Tensor:
+    """One merged Meta tensor in HF's layout: ``wq``/``wk`` rows permuted, others unchanged."""
     hd = params.head_dim
-    out = {
-        "model.embed_tokens.weight": merged["tok_embeddings.weight"],
-        "model.norm.weight": merged["norm.weight"],
-        "lm_head.weight": merged["output.weight"],
-    }
-    for i in range(params.n_layers):
-        for meta_name, hf_name in _LAYER_NAMES.items():
-            w = merged[f"layers.{i}.{meta_name}"]
-            if meta_name == "attention.wq.weight":
-                w = permute_rotary(w, params.n_heads, params.n_heads * hd, params.dim)
-            elif meta_name == "attention.wk.weight":
-                w = permute_rotary(w, params.n_kv_heads, params.n_kv_heads * hd, params.dim)
-            out[f"model.layers.{i}.{hf_name}"] = w
-    return out
+    if meta_name.endswith("attention.wq.weight"):
+        return permute_rotary(w, params.n_heads, params.n_heads * hd, params.dim)
+    if meta_name.endswith("attention.wk.weight"):
+        return permute_rotary(w, params.n_kv_heads, params.n_kv_heads * hd, params.dim)
+    return w
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,7 +349,7 @@ def load_meta_checkpoint(
     params = read_params(folder)
     tokenizer_path = find_tokenizer(folder)
     shard_paths = find_shards(folder)
-    tokenizer, params = _load_tokenizer(tokenizer_path, params)
+    tokenizer, params = load_meta_tokenizer(tokenizer_path, params)
 
     vocab_size = tokenizer.vocab_size
     if params.vocab_size != -1 and params.vocab_size != vocab_size:
@@ -353,8 +378,12 @@ def load_meta_checkpoint(
     return model, tokenizer
 
 
-def _load_tokenizer(path: Path, params: MetaParams) -> tuple[MetaTokenizer, MetaParams]:
-    """The folder's tokenizer, by the file's content; a tiktoken file also marks LLaMA 3."""
+def load_meta_tokenizer(path: Path, params: MetaParams) -> tuple[MetaTokenizer, MetaParams]:
+    """The folder's tokenizer, by the file's content; a tiktoken file also marks LLaMA 3.
+
+    Returns:
+        ``(tokenizer, params)``, ``params.llama_version`` set to 3 for a tiktoken file.
+    """
     if is_tiktoken_file(path):
         params = dataclasses.replace(params, llama_version=3)
         # LLaMA 3.1 renamed some reserved special tokens; its params.json is the first to have

@@ -70,7 +70,7 @@ _REPLICATED = ("attention_norm.weight", "ffn_norm.weight")
 _IGNORED = {"rope.freqs"}
 
 
-def _concat_dim(
+def concat_dim(
     name: str, shard_shape: torch.Size, params: MetaParams, n_shards: int
 ) -> int | None:
     """Dimension along which tensor ``name`` is split across ranks (None: replicated)."""
@@ -112,6 +112,27 @@ def merge_shards(shard_paths: list[Path], params: MetaParams) -> dict[str, torch
     >>> merged["layers.0.attention.wq.weight"].shape  # doctest: +SKIP
     torch.Size([5120, 5120])
     """
+    shards, names = open_shards(shard_paths, params)
+    return {name: merge_tensor(name, [shard[name] for shard in shards], shard_paths, params) for name in names}
+
+
+def open_shards(
+    shard_paths: list[Path], params: MetaParams
+) -> tuple[list[dict[str, torch.Tensor]], list[str]]:
+    """Open every shard (safely, memory-mapped) and check they belong together.
+
+    Args:
+        shard_paths: ``consolidated.NN.pth`` files in rank order.
+        params: the checkpoint's validated params.
+
+    Returns:
+        ``(shards, names)``: each shard's state dict (tensors backed by the file's memory map,
+        so nothing is read until used) and the sorted names to merge (``rope.freqs`` dropped).
+
+    Raises:
+        CheckpointError: the shard count does not divide the head counts or width, a shard is
+            unreadable or unsafe, or shards hold different tensor names.
+    """
     n = len(shard_paths)
     first = shard_paths[0]
     folder = first.parent
@@ -139,34 +160,34 @@ def merge_shards(shard_paths: list[Path], params: MetaParams) -> dict[str, torch
                 f"{path}: holds different tensors from {first.name} "
                 f"(extra: {extra or 'none'}, missing: {absent or 'none'})"
             )
+    return shards, sorted(keys - _IGNORED)
 
-    merged: dict[str, torch.Tensor] = {}
-    for name in sorted(keys - _IGNORED):
-        pieces = [shard[name] for shard in shards]
-        try:
-            dim = _concat_dim(name, pieces[0].shape, params, n)
-        except KeyError:
+
+def merge_tensor(
+    name: str, pieces: list[torch.Tensor], shard_paths: list[Path], params: MetaParams
+) -> torch.Tensor:
+    """One tensor, merged from its per-rank ``pieces`` (rank order) under Meta's name.
+
+    Raises:
+        CheckpointError: the name is unknown, the pieces differ in shape or dtype, or
+            replicated pieces differ.
+    """
+    first, n = shard_paths[0], len(shard_paths)
+    try:
+        dim = concat_dim(name, pieces[0].shape, params, n)
+    except KeyError:
+        raise CheckpointError(f"{first}: unexpected tensor {name!r} for a LLaMA checkpoint") from None
+    for path, piece in zip(shard_paths, pieces, strict=True):
+        if piece.shape != pieces[0].shape or piece.dtype != pieces[0].dtype:
             raise CheckpointError(
-                f"{first}: unexpected tensor {name!r} for a LLaMA checkpoint"
-            ) from None
-        for path, piece in zip(shard_paths, pieces, strict=True):
-            if piece.shape != pieces[0].shape or piece.dtype != pieces[0].dtype:
-                raise CheckpointError(
-                    f"{path}: {name!r} is {tuple(piece.shape)} {piece.dtype} but "
-                    f"{tuple(pieces[0].shape)} {pieces[0].dtype} in {first.name}"
-                )
-        if dim is None:
-            for path, piece in zip(shard_paths[1:], pieces[1:], strict=True):
-                if not torch.equal(piece, pieces[0]):
-                    raise CheckpointError(
-                        f"{path}: replicated tensor {name!r} differs from {first.name}"
-                    )
-            merged[name] = pieces[0]
-        elif pieces[0].dim() <= dim:
-            raise CheckpointError(
-                f"{first}: {name!r} has shape {tuple(pieces[0].shape)}, expected a matrix"
+                f"{path}: {name!r} is {tuple(piece.shape)} {piece.dtype} but "
+                f"{tuple(pieces[0].shape)} {pieces[0].dtype} in {first.name}"
             )
-        else:
-            merged[name] = pieces[0] if n == 1 else torch.cat(pieces, dim=dim)
-    return merged
-
+    if dim is None:
+        for path, piece in zip(shard_paths[1:], pieces[1:], strict=True):
+            if not torch.equal(piece, pieces[0]):
+                raise CheckpointError(f"{path}: replicated tensor {name!r} differs from {first.name}")
+        return pieces[0]
+    if pieces[0].dim() <= dim:
+        raise CheckpointError(f"{first}: {name!r} has shape {tuple(pieces[0].shape)}, expected a matrix")
+    return pieces[0] if n == 1 else torch.cat(pieces, dim=dim)
