@@ -205,12 +205,14 @@ def cell_timings(page) -> list[dict]:
 
 
 def _run_state(page, lab: Lab) -> str:
-    with contextlib.suppress(Exception):
+    try:
         sessions = [s["kernel"]["execution_state"] for s in lab.api("/api/sessions")]
+    except OSError as error:  # the server itself gone
+        sessions = f"unknown ({error})"
     prompts = [p.strip() for p in cell_prompts(page)]
     timings = [f"  {t['cell']}: {t['seconds']} s  {t['source']!r}" for t in cell_timings(page)]
     log = lab.log.read_text(errors="replace")[-2000:] if lab.log.is_file() else ""
-    return (f"kernel: {locals().get('sessions', '?')}; prompts: {prompts}\ncell run times:\n" + "\n".join(timings)
+    return (f"kernel: {sessions}; prompts: {prompts}\ncell run times:\n" + "\n".join(timings)
             + f"\nserver log (tail):\n{log}")
 
 
