@@ -27,6 +27,7 @@ _API: dict[str, str] = {
     "load_model": "workbench.models.loading",
     "verify_checkpoint": "workbench.models.verify",
     "diff_checkpoints": "workbench.models.diff",
+    "compare_models": "workbench.models.compare",
     "HookedLlama": "workbench.models.hooked",
     # hooks, directions and interventions (model.steer / model.ablate ...)
     "select_hooks": "workbench.models.hooks",
@@ -61,6 +62,8 @@ _API: dict[str, str] = {
     "judge_agreement": "workbench.evals.agreement",
     "compare_runs": "workbench.evals.compare",
     "pull_data": "workbench.evals",
+    # train: LoRA fine-tuning, a second model to compare
+    "finetune": "workbench.training",
     # views: plots and widgets (wb.viz.AttentionViewer ...), the offline HTML report
     "viz": "workbench.viz",
     "write_report": "workbench.viz",
@@ -72,7 +75,7 @@ _API: dict[str, str] = {
 
 __all__ = list(_API)
 
-_SUBPACKAGES = {"common", "models", "store", "probing", "patching", "evals", "viz", "distributed", "cli"}
+_SUBPACKAGES = {"common", "models", "store", "probing", "patching", "evals", "training", "viz", "distributed", "cli"}
 
 
 def __getattr__(name: str) -> Any:

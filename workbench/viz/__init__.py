@@ -10,6 +10,7 @@ compose them with ipywidgets controls and run model work in the kernel when a co
 
 from workbench.viz._common import escape, token_labels
 from workbench.viz.attention import attention_head_grid, attention_heatmap, attention_patterns
+from workbench.viz.compare import model_comparison_figure
 from workbench.viz.eval_dashboard import EvalDashboard, compare_category_figure, compare_metrics_figure, drilldown
 from workbench.viz.logit_lens import (
     LogitLens,
@@ -54,6 +55,7 @@ __all__ = [
     "compare_metrics_figure",
     "compare_category_figure",
     "drilldown",
+    "model_comparison_figure",
     "write_report",
     "escape",
     "token_labels",
