@@ -148,8 +148,89 @@ def test_dose_response_with_placebo(tiny_model, direction):
     with pytest.raises(wb.patching.PatchingError, match="pass metric="):
         wb.dose_response(tiny_model, direction, alphas=[1], eval=lambda m: Result(), progress=False)
     with pytest.raises(wb.patching.PatchingError, match="one number"):
-        wb.dose_response(tiny_model, direction, alphas=[1], eval=lambda m: [1, 2], progress=False)
+        wb.dose_response(tiny_model, direction, alphas=[1], eval=lambda m: torch.ones(2, 2), progress=False)
     assert tiny_model.active_hook_count() == 0
+
+
+PROMPTS = ["the cat sat on a", "the dog ran to the", "paris is the capital of", "rome is in",
+           "what is the capital of germany ?", "the red house is", "a blue mat was in the", "berlin is in"]
+
+
+def test_dose_response_tests_the_concept_against_its_placebo_example_by_example(tiny_model, direction):
+    """Per-example outcomes: the concept and the placebo at each alpha are paired; the tests
+    agree with statsmodels' exact McNemar and scipy's paired permutation test."""
+    from scipy.stats import permutation_test
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    def last_logits(model):
+        with torch.no_grad():
+            return torch.stack([model(p)[0, -1] for p in PROMPTS])
+
+    clean_top = last_logits(tiny_model).argmax(-1)
+    alphas = [0, 6, 12]
+
+    def same_top1(model):  # 0/1 per prompt: the prediction did not move
+        return (last_logits(model).argmax(-1) == clean_top).float()
+
+    def top_logit(model):  # continuous per prompt
+        return last_logits(model).gather(1, clean_top[:, None])[:, 0]
+
+    binary = wb.dose_response(tiny_model, direction, alphas=alphas, eval=same_top1, progress=False).frame
+    continuous = wb.dose_response(tiny_model, direction, alphas=alphas, eval=top_logit, progress=False).frame
+    placebo_vector = None
+    for frame, kind in ((binary, "binary"), (continuous, "continuous")):
+        concept = frame[frame["direction"] == "concept"].set_index("alpha")
+        assert frame[frame["direction"] == "placebo"]["p_value"].isna().all()
+        assert concept.loc[0, "vs_placebo"] == 0 and concept.loc[0, "p_value"] == 1.0  # alpha 0: the same model
+        for alpha in alphas[1:]:
+            with tiny_model.steer(direction, alpha=alpha):
+                c = (same_top1 if kind == "binary" else top_logit)(tiny_model).numpy()
+            if placebo_vector is None:
+                placebo_vector = _placebo(tiny_model, direction)
+            with tiny_model.steer(placebo_vector, layer=direction.layer, alpha=alpha):
+                p = (same_top1 if kind == "binary" else top_logit)(tiny_model).numpy()
+            assert concept.loc[alpha, "vs_placebo"] == pytest.approx(float(np.mean(c - p)), abs=1e-6)
+            if kind == "binary":
+                table = [[np.sum((c == 1) & (p == 1)), np.sum((c == 1) & (p == 0))],
+                         [np.sum((c == 0) & (p == 1)), np.sum((c == 0) & (p == 0))]]
+                assert concept.loc[alpha, "test"] == "mcnemar_exact"
+                assert concept.loc[alpha, "p_value"] == pytest.approx(mcnemar(table, exact=True).pvalue)
+            else:
+                d = c - p
+                ref = permutation_test((d, np.zeros_like(d)), lambda x, y, axis: np.mean(x - y, axis=axis),
+                                       permutation_type="samples", n_resamples=np.inf, vectorized=True)
+                assert concept.loc[alpha, "test"] == "sign_flip"
+                assert concept.loc[alpha, "p_value"] == pytest.approx(ref.pvalue, rel=1e-6)
+        assert (concept["vs_placebo_ci_low"] <= concept["vs_placebo"] + 1e-9).all()
+        assert (concept["p_adjusted"] >= concept["p_value"] - 1e-12).all()
+    last = continuous[continuous["direction"] == "concept"].iloc[-1]
+    assert last["vs_placebo"] != 0 and last["p_value"] < 1  # the checks above compared real differences
+
+
+def _placebo(model, direction):
+    """The placebo dose_response draws: a seeded random direction orthogonal to the concept's."""
+    from workbench.models.interventions import unit_vector
+
+    concept = unit_vector(model, direction)[0].numpy().astype(np.float64)
+    random = np.random.default_rng(0).standard_normal(concept.shape[0])
+    random -= (random @ concept) * concept
+    return random.astype(np.float32)
+
+
+def test_dose_response_outcome_column_of_an_eval_result(tiny_model, direction):
+    class Result:
+        def __init__(self, values):
+            self.samples = pd.DataFrame({"example_id": ["a", "b", "c"], "refusal": values})
+
+    calls = iter([[1, 1, 0], [0, 0, 0]])
+    curve = wb.dose_response(tiny_model, direction, alphas=[2], eval=lambda m: Result(next(calls)),
+                             outcome="refusal", progress=False)
+    concept = curve.frame.iloc[0]
+    assert concept["value"] == pytest.approx(2 / 3) and concept["vs_placebo"] == pytest.approx(2 / 3)
+    assert concept["test"] == "mcnemar_exact" and concept["p_value"] == pytest.approx(0.5)  # 2 discordant
+    with pytest.raises(wb.patching.PatchingError, match="outcome='correct'.*refusal"):
+        wb.dose_response(tiny_model, direction, alphas=[2], eval=lambda m: Result([1, 0, 0]),
+                         outcome="correct", progress=False)
 
 
 def test_bad_input(tiny_model, direction):

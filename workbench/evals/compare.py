@@ -52,8 +52,8 @@ import pandas as pd
 from scipy.stats import wilcoxon
 
 from workbench.common.errors import WorkbenchError
+from workbench.common.stats import benjamini_hochberg, mcnemar_exact, sign_flip_test
 from workbench.evals import metrics as M
-from workbench.evals.effects import mcnemar_exact
 from workbench.evals.metrics import bootstrap_ci
 from workbench.evals.refusal import paired_outcomes, xstest_class
 from workbench.evals.result import EvalResult, SuiteResult, load_run
@@ -63,8 +63,6 @@ from workbench.evals.toxicity import THRESHOLD
 
 COLUMNS = ["suite", "metric", "category", "n", "value_a", "value_b", "diff", "diff_ci_low", "diff_ci_high",
            "test", "p_value", "p_adjusted", "significant", "wilcoxon_p", "note"]
-EXACT_MAX = 16  # nonzero differences up to which the sign-flip test enumerates every pattern
-N_PERMUTATIONS = 9999
 PAIRED_RATES = {"paired_refusal_rate": lambda h, b: h & ~b, "pair_both_refused_rate": lambda h, b: h & b,
                 "pair_both_answered_rate": lambda h, b: ~h & ~b}
 XSTEST_RATES = {f"{name}_rate": name for name in ("full_compliance", "full_refusal", "partial_refusal")}
@@ -312,52 +310,6 @@ def _refusal_units(ctx: _Context, metric: str, category: str, s: pd.DataFrame) -
 
 
 # --- the tests ---------------------------------------------------------------------------------------
-
-
-def sign_flip_test(diffs: np.ndarray, seed: int = 0) -> tuple[float, bool]:
-    """Two-sided paired permutation test of ``mean(diffs) == 0``: ``(p, exact)``.
-
-    Under the null each difference is as likely to have either sign; zero differences flip to
-    themselves and are left out. Exact (every pattern) for at most :data:`EXACT_MAX` nonzero
-    differences, else :data:`N_PERMUTATIONS` seeded random patterns, ``p = (1 + hits) / (1 + R)``.
-
-    >>> sign_flip_test(np.array([1.0, 2.0, 3.0]))
-    (0.25, True)
-    """
-    d = np.asarray(diffs, float)
-    d = d[d != 0]
-    m = len(d)
-    if m == 0:
-        return 1.0, True
-    observed = abs(d.sum())
-    tol = 1e-9 * np.abs(d).sum()  # sums equal in exact arithmetic count as ties
-    if m <= EXACT_MAX:
-        signs = 1 - 2 * ((np.arange(2**m)[:, None] >> np.arange(m)) & 1)
-        return float(np.mean(np.abs(signs @ d) >= observed - tol)), True
-    rng = np.random.default_rng(seed)
-    hits, done, chunk = 0, 0, max(1, 2_000_000 // m)
-    while done < N_PERMUTATIONS:
-        k = min(chunk, N_PERMUTATIONS - done)
-        signs = rng.choice(np.array([-1.0, 1.0]), size=(k, m))
-        hits += int(np.sum(np.abs(signs @ d) >= observed - tol))
-        done += k
-    return (hits + 1) / (N_PERMUTATIONS + 1), False
-
-
-def benjamini_hochberg(p_values) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (step-up; NaN entries are left out and stay NaN).
-
-    >>> benjamini_hochberg([0.01, 0.04, 0.03, float("nan")]).round(3).tolist()
-    [0.03, 0.04, 0.04, nan]
-    """
-    p = np.asarray(p_values, float)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    if ok.size:
-        order = ok[np.argsort(p[ok], kind="stable")]
-        scaled = p[order] * ok.size / np.arange(1, ok.size + 1)
-        out[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
-    return out
 
 
 def _close(x: float, y: float) -> bool:

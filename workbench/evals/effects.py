@@ -24,10 +24,9 @@ from typing import Any, Callable, ContextManager, Mapping
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
 
 from workbench.common.errors import WorkbenchError
-from workbench.evals.metrics import bootstrap_ci
+from workbench.common.stats import bootstrap_ci, mcnemar_exact
 from workbench.evals.result import EvalResult
 from workbench.evals.run import run_eval
 from workbench.evals.suites import load_suite
@@ -101,16 +100,6 @@ def intervention_effects(
             raise WorkbenchError(f"intervention_effects: run {label!r} scored other examples than {baseline!r}")
         rows.append(_row(spec.name, label, this.to_numpy(), base.to_numpy(), seed, n_bootstrap))
     return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
-
-
-def mcnemar_exact(to_refusal: int, to_answer: int) -> float:
-    """Two-sided exact McNemar p-value from the two discordant counts (1.0 when both are 0).
-
-    >>> round(mcnemar_exact(0, 6), 4), mcnemar_exact(0, 0)
-    (0.0312, 1.0)
-    """
-    changed = to_refusal + to_answer
-    return 1.0 if changed == 0 else float(binomtest(to_refusal, changed, 0.5).pvalue)
 
 
 def _row(suite: str, label: str, this: np.ndarray, base: np.ndarray, seed: int, n_bootstrap: int) -> dict:

@@ -5,15 +5,17 @@ metric is undefined (no examples, or a zero denominator). :func:`bootstrap_ci` r
 examples to put a seeded percentile interval on any of them.
 
 >>> import numpy as np
+
+from workbench.common.stats import bootstrap_ci  # noqa: F401  (the metrics' interval, used with them)
 >>> pct_stereotype(np.array([-3.0, -5.0]), np.array([-4.0, -4.0]))
 0.5
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
+
+from workbench.common.stats import bootstrap_ci as bootstrap_ci  # the metrics' interval, used with them
 
 NAN = float("nan")
 
@@ -176,39 +178,3 @@ def pro_anti_gap(correct, pro) -> float:
     """
     pro = np.asarray(pro, bool)
     return acc_where(correct, pro) - acc_where(correct, ~pro)
-
-
-# --- uncertainty -----------------------------------------------------------------------------
-
-
-def bootstrap_ci(
-    fn: Callable[..., float],
-    arrays: list[np.ndarray],
-    *,
-    n_boot: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``fn(*arrays)``, resampling examples with replacement.
-
-    Efron & Tibshirani 1993, ch. 13. Resamples where ``fn`` is undefined (NaN) are dropped;
-    with fewer than 2 examples, or no defined resample, the interval is ``(NaN, NaN)``.
-
-    >>> lo, hi = bootstrap_ci(acc, [np.array([1, 0, 1, 1, 0, 1, 1, 1])], seed=0)
-    >>> bool(lo < 0.75 < hi)
-    True
-    """
-    n = len(arrays[0]) if arrays else 0
-    if n < 2:
-        return NAN, NAN
-    rng = np.random.default_rng(seed)
-    values = np.empty(n_boot)
-    for b in range(n_boot):
-        idx = rng.integers(0, n, n)
-        values[b] = fn(*(a[idx] for a in arrays))
-    values = values[~np.isnan(values)]
-    if values.size == 0:
-        return NAN, NAN
-    alpha = (1.0 - level) / 2
-    lo, hi = np.quantile(values, [alpha, 1 - alpha])
-    return float(lo), float(hi)

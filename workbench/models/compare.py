@@ -256,7 +256,10 @@ def _token_ids(a: HookedLlama, b: HookedLlama, texts: list, max_tokens: int | No
     limit = n_ctx if max_tokens is None else min(max_tokens, n_ctx)
     out, too_long = [], []
     for i, text in enumerate(texts):
-        rendered = a.format_chat(text) if chat.is_conversation(text) else None
+        # A conversation that ends with the assistant's turn is shown whole; otherwise the
+        # assistant's turn is opened, as when the model is asked to answer.
+        rendered = (a.format_chat(text, add_generation_prompt=text[-1].get("role") != "assistant")
+                    if chat.is_conversation(text) else None)
         ids_a, ids_b = _encode(a, text, rendered), _encode(b, text, rendered)
         if ids_a != ids_b:
             at = next((k for k, (x, y) in enumerate(zip(ids_a, ids_b, strict=False)) if x != y),

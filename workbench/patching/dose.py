@@ -11,6 +11,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from workbench.common.errors import PatchingError
+from workbench.common.stats import benjamini_hochberg, bootstrap_ci, mcnemar_exact, sign_flip_test
 from workbench.models.interventions import steer, unit_vector
 
 
@@ -20,7 +21,12 @@ class DoseResponse:
 
     Attributes:
         frame: one row per (direction, alpha): ``direction`` ("concept" or "placebo"),
-            ``alpha``, ``value``.
+            ``alpha``, ``value``. When ``eval`` gives per-example outcomes and there is a
+            placebo, the concept's rows also hold the paired comparison with the placebo at the
+            same alpha, on the same examples: ``vs_placebo`` (concept - placebo),
+            ``vs_placebo_ci_low`` / ``vs_placebo_ci_high`` (paired bootstrap), ``test``
+            (``mcnemar_exact`` for 0/1 outcomes, else ``sign_flip``), ``p_value`` and
+            ``p_adjusted`` (Benjamini-Hochberg over the alphas).
         layer, site, direction_name: where and what was steered.
     """
 
@@ -44,6 +50,7 @@ def dose_response(
     *,
     metric: str | None = None,
     site: str | None = None,
+    outcome: str | None = None,
     placebo: bool = True,
     seed: int = 0,
     progress: bool = True,
@@ -54,9 +61,14 @@ def dose_response(
         direction: what to steer along (see :func:`~workbench.models.interventions.steer`).
         layer: the block (default: the Direction's layer).
         alphas: steering strengths.
-        eval: ``model -> number``, or ``model -> result`` with a ``.metrics`` table (an eval
-            run), in which case ``metric`` names the row to read (its overall value).
+        eval: ``model -> number``; ``model -> per-example values`` (a 1-D array or list, the
+            same examples in the same order every call: the value is their mean); or
+            ``model -> result`` with a ``.metrics`` table (an eval run), in which case
+            ``metric`` names the row to read (its overall value).
         metric: the metric name to read from an eval result's ``.metrics``.
+        outcome: with an eval result, the ``.samples`` column holding each example's outcome
+            (``"refusal"`` for the refusal suites, ``"correct"`` ...), joined by
+            ``example_id``; it enables the paired tests against the placebo.
         site: the residual site (default: the Direction's own).
         placebo: also steer along a random unit direction orthogonal to the concept's (seeded)
             with the same alphas: an effect the placebo shows too is not specific to the concept.
@@ -82,18 +94,64 @@ def dose_response(
         directions.append(("placebo", random.astype(np.float32)))
     if layer is None:
         layer = getattr(direction, "layer", None)
-    rows = []
+    rows, outcomes = [], {}
     bar = tqdm(total=len(directions) * len(alphas), desc="dose-response", disable=not progress)
     try:
         for label, d in directions:
             for alpha in alphas:
                 with steer(model, d, layer=layer, alpha=alpha, site=site):
-                    value = _number(eval(model), metric)
+                    result = eval(model)
+                per_example = _per_example(result, outcome)
+                value = float(per_example.mean()) if per_example is not None else _number(result, metric)
+                outcomes[label, alpha] = per_example
                 rows.append({"direction": label, "alpha": alpha, "value": value})
                 bar.update()
     finally:
         bar.close()
-    return DoseResponse(pd.DataFrame(rows), int(layer), site, name)
+    frame = pd.DataFrame(rows)
+    if placebo and all(v is not None for v in outcomes.values()):
+        frame = _against_placebo(frame, outcomes, alphas, seed)
+    return DoseResponse(frame, int(layer), site, name)
+
+
+def _per_example(result: Any, outcome: str | None) -> pd.Series | None:
+    """Per-example outcomes of one eval call (indexed by example), or None for a single number."""
+    samples = getattr(result, "samples", None)
+    if outcome is not None:
+        if not isinstance(samples, pd.DataFrame) or outcome not in samples:
+            have = sorted(samples.columns) if isinstance(samples, pd.DataFrame) else "no samples"
+            raise PatchingError(f"outcome={outcome!r}: eval's result has no such samples column ({have})")
+        values = pd.Series(samples[outcome].to_numpy(float), index=samples["example_id"].astype(str))
+    elif isinstance(result, (list, tuple, np.ndarray)) or (hasattr(result, "detach") and result.dim() == 1):
+        values = pd.Series(np.asarray(getattr(result, "detach", lambda: result)(), float).reshape(-1))
+    else:
+        return None
+    if values.empty or values.isna().any():
+        raise PatchingError("eval's per-example values are empty or hold NaN")
+    return values
+
+
+def _against_placebo(frame: pd.DataFrame, outcomes: dict, alphas: list[float], seed: int) -> pd.DataFrame:
+    """Concept vs placebo at each alpha, example by example: difference, paired bootstrap CI,
+    McNemar's exact test (0/1 outcomes) or the sign-flip permutation test, BH over alphas."""
+    stats = []
+    for alpha in alphas:
+        concept, placebo = outcomes["concept", alpha], outcomes["placebo", alpha]
+        if not concept.index.equals(placebo.index):
+            raise PatchingError(f"alpha={alpha}: the concept and placebo runs scored different examples; "
+                                "eval must score the same examples every call")
+        c, p = concept.to_numpy(), placebo.to_numpy()
+        low, high = bootstrap_ci(lambda x, y: float(np.mean(x) - np.mean(y)), [c, p], seed=seed, n_boot=2000)
+        if np.isin(c, (0.0, 1.0)).all() and np.isin(p, (0.0, 1.0)).all():
+            test, p_value = "mcnemar_exact", mcnemar_exact(int(np.sum((c == 1) & (p == 0))),
+                                                          int(np.sum((c == 0) & (p == 1))))
+        else:
+            test, p_value = "sign_flip", sign_flip_test(c - p, seed)[0]
+        stats.append({"direction": "concept", "alpha": alpha, "vs_placebo": float(np.mean(c - p)),
+                      "vs_placebo_ci_low": low, "vs_placebo_ci_high": high, "test": test, "p_value": p_value})
+    stats = pd.DataFrame(stats)
+    stats["p_adjusted"] = benjamini_hochberg(stats["p_value"].to_numpy(float))
+    return frame.merge(stats, on=["direction", "alpha"], how="left")
 
 
 def _number(result: Any, metric: str | None) -> float:
