@@ -433,3 +433,38 @@ def test_a_saved_refusal_run_against_a_steered_one(tiny_model, tmp_path):
     xs = (sa["source"] == "xstest_unsafe").to_numpy()
     full = t.loc[("full_refusal_rate", "source:xstest_unsafe")]
     assert full.n == xs.sum() and full["diff"] == pytest.approx(sb["refusal"][xs].mean() - sa["refusal"][xs].mean())
+
+
+# --- the views: the report's paired section and the dashboard's paired table -----------------
+
+
+def test_the_report_and_the_dashboard_show_the_paired_rows(facts_pair, tmp_path):
+    import re
+
+    import workbench as wb
+    from workbench.cli import main
+    from workbench.viz.report import write_report
+
+    run_a, run_b = facts_pair
+    table = compare_runs(run_a, run_b)
+    out = write_report(run_a, tmp_path / "r.html", compare=run_b, labels=("base", "<tuned>"))
+    html = out.read_text()
+    assert "Paired comparison: &lt;tuned&gt; vs base" in html and "<tuned>" not in html
+    science = table.set_index("category").loc["science"]
+    shown = f"{science['diff']:.3f} [{science['diff_ci_low']:.3f}, {science['diff_ci_high']:.3f}]"
+    assert f"<b>{shown}</b>" in html  # significant after BH: bold
+    assert f"{science['p_adjusted']:.4f}" in html
+    assert not re.search(r"<script[^>]*\bsrc\s*=", html)
+    # the command line: workbench report A --compare B
+    run_a.save(tmp_path / "a")
+    run_b.save(tmp_path / "b")
+    assert main(["report", str(tmp_path / "a"), "--compare", str(tmp_path / "b"), "-o", str(tmp_path / "c.html")]) == 0
+    assert shown in (tmp_path / "c.html").read_text()
+
+    dash = wb.viz.EvalDashboard(run_a, compare=run_b, labels=("base", "tuned"))
+    assert "paired, example by example" in dash.paired.value and shown in dash.paired.value
+    dash.category.value = "history"
+    history = table.set_index("category").loc["history"]
+    assert f"{history['diff']:.3f} [" in dash.paired.value and shown not in dash.paired.value
+    single = wb.viz.EvalDashboard(run_a)
+    assert single.paired.value == ""

@@ -30,6 +30,7 @@ from workbench.viz.evals import (
     eval_category_figure,
     eval_metrics_figure,
 )
+from workbench.viz.paired import paired_table_html
 
 ALL = "(all categories)"
 _COLOURS = ("#1f77b4", "#ff7f0e")
@@ -272,6 +273,8 @@ class EvalDashboard(w.VBox):
         self.status = w.HTML()
         self.overview = go.FigureWidget()
         self.categories = go.FigureWidget()
+        self.paired = w.HTML()  # two runs: compare_runs' paired rows for the suite and metric shown
+        self._paired: dict[str, pd.DataFrame | str] = {}
         self.what = w.HTML()
         self.table = w.HTML()
         tables = {label: _metrics(suites) for label, suites in self.runs.items()}
@@ -281,9 +284,29 @@ class EvalDashboard(w.VBox):
         self.metric.observe(lambda _: guarded(self.status, self._draw), names="value")
         self.category.observe(lambda _: guarded(self.status, self._draw), names="value")
         super().__init__([self.overview, w.HBox([self.suite, self.metric, self.category]), self.status,
-                          self.categories, self.what, self.table])
+                          self.categories, self.paired, self.what, self.table])
         self.add_class("wb-eval-dashboard")
         guarded(self.status, self._set_suite)
+
+    def _paired_html(self, name: str, metric: str, keep: list[str] | None, present: dict) -> str:
+        """compare_runs' rows for this suite and metric (two runs of it), else nothing."""
+        if len(self.runs) < 2 or len(present) < 2:
+            return ""
+        if name not in self._paired:
+            from workbench.common.errors import WorkbenchError
+            from workbench.evals.compare import compare_runs
+
+            try:
+                self._paired[name] = compare_runs(*present.values())
+            except WorkbenchError as e:  # other examples or prompts: the runs are not paired
+                self._paired[name] = f"<p>Not paired: {escape(e)}</p>"
+        paired = self._paired[name]
+        if isinstance(paired, str):
+            return paired
+        rows = paired[paired["metric"] == metric]
+        if keep is not None:
+            rows = rows[rows["category"].isin(["all", *keep])]
+        return "<b>paired, example by example</b>" + paired_table_html(rows, tuple(self.labels))
 
     def _set_suite(self) -> None:
         suite = self.runs[self.labels[0]][self.suite.value]
@@ -313,6 +336,7 @@ class EvalDashboard(w.VBox):
         else:
             fig = compare_category_figure({label: s.metrics for label, s in present.items()}, metric, name, keep)
         refresh(self.categories, _json_safe(fig))
+        self.paired.value = self._paired_html(name, metric, keep, present)
         base = present[self.labels[0]]
         preference = is_preference_suite(name, base.manifest)
         what, frame = drilldown(base.samples, name, category, top=self.top, preference=preference)

@@ -38,6 +38,7 @@ from workbench.evals.data import data_hint
 from workbench.evals.result import EvalResult, SuiteResult, load_run
 from workbench.evals.suites import is_preference_suite
 from workbench.viz.evals import eval_category_figure, eval_metrics_figure, toxicity_score_figure
+from workbench.viz.paired import paired_diff_figure, paired_table_html
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -253,13 +254,15 @@ class _Figures:
         return out
 
 
-def report_html(run: Run, top: int = 10) -> str:
+def report_html(run: Run, top: int = 10, compare: Run | None = None,
+                labels: tuple[str, str] = ("run A", "run B")) -> str:
     """The report of a run as one HTML string (see :func:`write_report`).
 
     Args:
         run: a saved run folder (read with :func:`~workbench.evals.result.load_run`), or an
             ``EvalResult`` / ``SuiteResult``.
         top: examples listed per suite.
+        compare, labels: see :func:`write_report`.
 
     >>> html_text = report_html("runs/crows-smollm2")                 # doctest: +SKIP
     """
@@ -272,6 +275,8 @@ def report_html(run: Run, top: int = 10) -> str:
     parts.append("<h2>Headline metrics</h2>" + figure(eval_metrics_figure(every)))
     parts.append(metrics_table_html(every[every["category"] == "all"]))
     parts.extend(judge_note(s) for s in suites)
+    if compare is not None:
+        parts.append(paired_html(run, compare, labels, figure))
     if skipped:
         hint = data_hint(skipped)
         parts.append("<p>Suites not run:</p><ul>" + "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in skipped.items())
@@ -294,7 +299,35 @@ def report_html(run: Run, top: int = 10) -> str:
             f"<style>{_CSS}</style></head><body>{body}</body></html>")
 
 
-def write_report(run: Run, out: str | os.PathLike, top: int = 10) -> Path:
+def paired_html(run: Run, compare: Run, labels: tuple[str, str], figure) -> str:
+    """The paired comparison section: per suite, a forest plot of its first metric's
+    differences by category and the table of every paired row (:func:`compare_runs`)."""
+    from workbench.evals.compare import compare_runs
+
+    a, b = (str(x) for x in labels)
+    paired = compare_runs(run, compare)
+    parts = [f"<h2>Paired comparison: {_e(b)} vs {_e(a)}</h2>",
+             f"<p>The same examples in both runs, joined by <code>example_id</code>. Per metric and category: "
+             f"the difference {_e(b)} - {_e(a)} with a paired bootstrap 95% interval, McNemar's exact test "
+             f"for per-example yes/no outcomes or a sign-flip permutation test for continuous ones, and "
+             f"Benjamini-Hochberg adjusted p-values across each metric's categories (bold: adjusted p &lt; 0.05)."
+             f"</p>"]
+    for suite in dict.fromkeys(paired["suite"]):
+        rows = paired[paired["suite"] == suite]
+        tested = rows[rows["p_value"].notna()]
+        first = (tested if len(tested) else rows)["metric"].iloc[0]
+        parts.append(f"<h3>{_e(suite)}</h3>")
+        parts.append(figure(paired_diff_figure(rows, first, suite, labels=(a, b))))
+        parts.append(paired_table_html(rows[rows["metric"] == first], (a, b)))
+        others = rows[rows["metric"] != first]
+        if len(others):
+            parts.append(f"<details><summary>every other metric ({len(others)} rows)</summary>"
+                         f"{paired_table_html(others, (a, b))}</details>")
+    return "\n".join(parts)
+
+
+def write_report(run: Run, out: str | os.PathLike, top: int = 10, compare: Run | None = None,
+                 labels: tuple[str, str] = ("run A", "run B")) -> Path:
     """Write the self-contained HTML report of a run to ``out`` (atomically).
 
     Args:
@@ -302,12 +335,17 @@ def write_report(run: Run, out: str | os.PathLike, top: int = 10) -> Path:
             result in memory.
         out: the HTML file to write.
         top: examples listed per suite.
+        compare: a second run of the same suites on the same examples (another model, or the
+            same model steered): the report then has a paired comparison section
+            (:func:`~workbench.evals.compare.compare_runs`). ``run`` is A, ``compare`` is B.
+        labels: the names of A and B in that section.
 
     Raises:
         WorkbenchError: the folder is not a saved run, or no suite in it finished; ``out`` is
-            then left as it was.
+            then left as it was. ``RunMismatchError`` (a ``WorkbenchError``): ``compare``
+            holds other suites, examples or prompts.
 
     >>> write_report("runs/safety", "report.html")                    # doctest: +SKIP
     PosixPath('report.html')
     """
-    return atomic_write(out, report_html(run, top=top))
+    return atomic_write(out, report_html(run, top=top, compare=compare, labels=labels))
