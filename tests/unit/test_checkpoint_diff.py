@@ -187,3 +187,105 @@ def test_cli_exit_codes_and_json(hf_folder, tmp_path, capsys):
     assert saved["same"] and saved["verdict"] == "same weights" and len(saved["tensors"]) == 3 * 9 + 3
     assert main(["diff", str(folder), str(tmp_path / "nowhere")]) == 2
     assert "nowhere" in capsys.readouterr().out.replace("\n", "")
+
+
+def _float64_oracle(x, y, block=32, levels=16):
+    """The comparison over the whole tensor in float64, as the rules say (NaN == NaN; Q4_1 steps)."""
+    X, Y = x.astype(np.float64), y.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = np.where(X == Y, 0.0, np.abs(X - Y))
+        d = np.nan_to_num(np.where(np.isnan(X) & np.isnan(Y), 0.0, d), nan=np.inf, posinf=np.inf)
+        scale = np.nan_to_num(np.maximum(np.abs(X), np.abs(Y)), nan=np.inf, posinf=np.inf)
+        rel = np.nan_to_num(np.where(d == 0, 0.0, d / scale), nan=np.inf, posinf=np.inf)
+        steps = [(b.max(1) - b.min(1)) / (levels - 1) for b in (X.reshape(-1, block), Y.reshape(-1, block))]
+        bound = np.repeat(np.maximum(*steps), block).reshape(d.shape)
+        ratio = np.nan_to_num(np.where(d == 0, 0.0, d / bound), nan=np.inf, posinf=np.inf)
+    return {"max_abs": d.max(), "where": np.unravel_index(d.argmax(), d.shape), "changed": int((d > 0).sum()),
+            "max_rel": rel.max(), "quant_ratio": ratio.max()}  # fmt: skip
+
+
+@pytest.mark.parametrize("ties, special", [("within", False), ("across", False), ("within", True)])
+def test_chunked_float32_statistics_equal_a_whole_tensor_float64_computation(ties, special):
+    from workbench.models.diff_stats import TensorStats
+
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((40, 64)) * 0.02).astype(np.float32)
+    y = (x + rng.standard_normal(x.shape).astype(np.float32) * 1e-4 * (rng.random(x.shape) < 0.7)).astype(np.float32)
+    # Errors of 0.5 - 1e-9, 2e-9 and 3e-9, all 0.5 in float32: the largest second in the first chunk
+    # ("within") or in a later chunk ("across").
+    smalls = (3e-9, 1e-9, 2e-9) if ties == "within" else (3e-9, 2e-9, 1e-9)
+    for (row, col), small in zip([(4, 2), (5, 7), (30, 1)], smalls, strict=True):
+        x[row, col], y[row, col] = small, 0.5
+    y[12] = x[12]  # an unchanged row, and a -0.0 vs 0.0 that is no change
+    x[13, 0], y[13, 0] = 0.0, -0.0
+    if special:  # NaN on both sides is no change; NaN or infinity on one side is an infinite error
+        x[20, :3], y[20, :3] = np.nan, np.nan
+        y[21, 4], x[22, 9] = np.nan, np.inf
+    stats = TensorStats((torch.float32, torch.float32), (None, "Q4_1"), x.shape, bitwise=False)
+    for start in range(0, 40, 6):  # chunks of 6 rows, as _compare reads them
+        stats.add(torch.from_numpy(x[start : start + 6].copy()), torch.from_numpy(y[start : start + 6].copy()), start * 64)
+    expected = _float64_oracle(x, y)
+    assert stats.max_abs == expected["max_abs"]  # exact: recomputed in float64 where float32 ties
+    assert np.unravel_index(stats.where, x.shape) == expected["where"]
+    assert stats.changed == expected["changed"]
+    assert stats.max_rel == pytest.approx(expected["max_rel"], rel=1e-6)
+    assert stats.quant_ratio == pytest.approx(expected["quant_ratio"], rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q8_0", "Q5_0"])
+def test_dequantize_is_gguf_quants_bit_for_bit(kind):
+    from workbench.models.diff_read import dequantize
+
+    qtype = gguf.GGMLQuantizationType[kind]
+    weights = (np.random.default_rng(1).standard_normal((24, 96)) * 0.05).astype(np.float32)
+    raw = gguf.quants.quantize(weights, qtype)
+    assert dequantize(raw, qtype).tobytes() == gguf.quants.dequantize(raw, qtype).tobytes()
+
+
+def test_gguf_header_reader_agrees_with_gguf_reader(hf_and_q8):
+    from workbench.models.diff_read import read_gguf_header
+
+    q8 = hf_and_q8[1]
+    fields, tensors = read_gguf_header(q8)
+    reader = gguf.GGUFReader(q8)
+    assert [(t.name, t.shape, t.qtype, t.offset, t.n_bytes) for t in tensors] == [
+        (t.name, tuple(int(n) for n in reversed(t.shape.tolist())), t.tensor_type, int(t.data_offset), int(t.n_bytes))
+        for t in reader.tensors]  # fmt: skip
+    for key in ("general.architecture", "llama.block_count", "tokenizer.ggml.tokens", "tokenizer.ggml.merges",
+                "tokenizer.ggml.bos_token_id"):  # fmt: skip
+        assert fields[key] == reader.get_field(key).contents(), key
+
+
+def test_gguf_q_k_rows_read_in_any_range_are_the_hf_rows(hf_and_q8):
+    from workbench.models import diff
+    from workbench.models.diff_read import Scratch
+
+    _, _, f32, tiny = hf_and_q8
+    entry = diff._gguf_checkpoint(f32).tensors["model.layers.1.self_attn.k_proj.weight"]  # 2 heads of 16 rows
+    with entry.open(Scratch()) as rows:
+        got = rows.values(3, 21).clone()  # starts and ends inside a head
+    assert torch.equal(got, tiny.state_dict()["model.layers.1.self_attn.k_proj.weight"][3:21])
+
+
+def test_small_chunks_give_the_same_verdicts_and_errors(hf_and_q8, monkeypatch):
+    from pandas.testing import assert_frame_equal
+
+    from workbench.models import diff
+
+    hf, q8, f32, _ = hf_and_q8
+    before = {pair: diff_checkpoints(*pair, progress=False).frame for pair in ((hf, q8), (q8, q8), (hf, f32))}
+    monkeypatch.setattr(diff, "CHUNK_ELEMENTS", 150)  # 2 rows of 64 at a time; q/k rows a head (16) at a time
+    for pair, frame in before.items():
+        small = diff_checkpoints(*pair, progress=False).frame
+        assert_frame_equal(small.drop(columns=["max_rel", "detail"]), frame.drop(columns=["max_rel", "detail"]))
+        assert np.allclose(small["max_rel"], frame["max_rel"], rtol=1e-6)
+    assert set(before[q8, q8]["verdict"]) == {"identical"}
+
+
+def test_a_bin_folder_is_identical_to_its_safetensors_original(hf_folder, tmp_path):
+    folder, _ = hf_folder
+    copy = _copy(folder, tmp_path)
+    torch.save(load_file(copy / "model.safetensors"), copy / "pytorch_model.bin")
+    (copy / "model.safetensors").unlink()
+    d = diff_checkpoints(copy, folder, progress=False)
+    assert set(d.frame["verdict"]) == {"identical"} and d.verdict == "same weights"

@@ -7,56 +7,56 @@ renamed by :mod:`~workbench.models.meta_shards` and :mod:`~workbench.models.meta
 through the ``gguf`` package's own table, q/k rows un-permuted by
 :func:`~workbench.models.meta.permute_rotary` since llama.cpp's layout is Meta's, quantized
 tensors dequantized by ``gguf.quants``) and compares tensor by tensor, streaming: chunks of rows
-read straight from the file (``safe_open`` slices, a memory map of one GGUF tensor's bytes,
-``torch.load(mmap=True, weights_only=True)``), so memory stays far below one model. Only a Meta
-tensor split over shards and a GGUF q/k matrix are held whole, one at a time. Nothing in a
-checkpoint is executed. Derived buffers (``rope.freqs``, ``rope_freqs.weight``, ``inv_freq``)
-are skipped. The verdicts are :data:`VERDICTS`; the tokenizers are compared too.
+read from the file into a reused buffer (:mod:`~workbench.models.diff_read`: plain reads, not
+memory maps, whose touched pages would stay resident) and compared in float32 where that is
+exact enough (:mod:`~workbench.models.diff_stats`), so memory stays a few chunks whatever the
+model's size. Tensors stored alike are first compared as raw bytes; a tied ``lm_head`` is
+compared once. Meta tensors (merged from their shards) and ``.bin`` tensors are held whole, one
+at a time. Nothing in a checkpoint is executed.
+Derived buffers (``rope.freqs``, ``rope_freqs.weight``, ``inv_freq``) are skipped. The verdicts
+are :data:`VERDICTS`; the tokenizers are compared too.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import re
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import gguf
-import numpy as np
 import pandas as pd
 import torch
 
 from workbench.common.errors import CheckpointError
+from workbench.common.memory import release_freed_memory
 from workbench.models import gguf_format, hf_format, meta, meta_shards
+from workbench.models.diff_read import (
+    GGUF_PLAIN,
+    Rows,
+    Scratch,
+    WholeRows,
+    file_rows,
+    read_gguf_header,
+    rows_and_width,
+    safetensors_index,
+)
+from workbench.models.diff_stats import TensorStats, bits
 from workbench.models.meta_params import read_params
 from workbench.models.safe_load import load_torch_file
 from workbench.models.verify import structure_problem
 
-CHUNK_ELEMENTS = 1 << 20  # elements compared at once: float64 temporaries of a few MB
+CHUNK_ELEMENTS = 1 << 18  # elements compared at once: float32 chunks of 1 MiB stay in the CPU's caches
 _SKIPPED = ("rope_freqs.weight", "rotary_emb.inv_freq")  # derived buffers, not weights
-# GGUF float types: how to view the raw bytes, and the values' dtype (BF16: int16 bits viewed as bf16).
-_FLOATS = {"F32": (np.float32, torch.float32), "F16": (np.float16, torch.float16),
-           "F64": (np.float64, torch.float64), "BF16": (np.int16, torch.bfloat16)}  # fmt: skip
-# GGUF types with a known error bound: (block size, levels, symmetric). A block's step is max|x| /
-# (levels/2) or (max - min) / (levels - 1); one step per element is allowed (twice the rounding
-# error: covers fp16 scales and K-quants' quantized sub-block scales, bounded by the super-block's).
-_QUANT_STEPS = {
-    "Q4_0": (32, 16, True), "Q4_1": (32, 16, False), "Q5_0": (32, 32, True),
-    "Q5_1": (32, 32, False), "Q8_0": (32, 256, True), "Q2_K": (256, 4, False),
-    "Q3_K": (256, 8, True), "Q4_K": (256, 16, False), "Q5_K": (256, 32, False),
-    "Q6_K": (256, 64, True),
-}  # fmt: skip
 VERDICTS = ("identical", "equal_within_quantization", "equal_within_tolerance", "different",
             "missing_in_a", "missing_in_b", "shape_mismatch")  # fmt: skip
 _SAME = VERDICTS[:3]
-
-Reader = Callable[[int, int], torch.Tensor]  # rows [start, stop) of the canonical tensor
-
 
 @dataclass
 class _Entry:
@@ -66,7 +66,8 @@ class _Entry:
     shape: tuple[int, ...]
     dtype: torch.dtype  # of the values read (float32 for a dequantized GGUF tensor)
     qtype: str | None  # the GGUF quantization type it is stored in, if any
-    open: Callable[[], AbstractContextManager[Reader]]
+    open: Callable[[Scratch], AbstractContextManager[Rows]]
+    align: int = 1  # chunks start at multiples of this many rows (a GGUF q/k head's)
 
     @property
     def label(self) -> str:
@@ -199,22 +200,28 @@ def diff_checkpoints(a: Any, b: Any, *, atol: float | None = None, progress: boo
     """
     from tqdm.auto import tqdm
 
-    left, right = _open_checkpoint(a), _open_checkpoint(b)
+    found = [_locate(a), _locate(b)]
+    opened = {i: _OPEN[found[i][0]](found[i][1]) for i in sorted((0, 1), key=lambda i: found[i][0] == "gguf")}
+    left, right = opened[0], opened[1]  # GGUF last: its vocabulary is not held while a tokenizer loads (the peak)
+    release_freed_memory()  # what loading the tokenizers left behind: tensors are read into a few chunks
     names = sorted(set(left.tensors) | set(right.tensors), key=lambda n: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", n)])
-    rows = []
+    rows, done, scratch = [], {}, (Scratch(), Scratch())  # done: a tied tensor (lm_head) is compared once
     for name in tqdm(names, desc="diff", unit="tensor", disable=not progress):
         ea, eb = left.tensors.get(name), right.tensors.get(name)
         if ea is None or eb is None:
             verdict = "missing_in_a" if ea is None else "missing_in_b"
             rows.append(TensorDiff(name, verdict, ea and ea.shape, eb and eb.shape, ea and ea.label, eb and eb.label))
+        elif (id(ea), id(eb)) in done:
+            rows.append(replace(done[id(ea), id(eb)], name=name))
         else:
-            rows.append(_compare(name, ea, eb, atol))
+            rows.append(done.setdefault((id(ea), id(eb)), _compare(name, ea, eb, atol, scratch)))
     size = sum(f.stat().st_size for f in [*left.files, *right.files])
     return CheckpointDiff(str(left.path), str(right.path), left.format, right.format, rows,
                           _compare_vocabs(left.vocab, right.vocab), size)  # fmt: skip
 
 
-def _open_checkpoint(source: Any) -> _Checkpoint:
+def _locate(source: Any) -> tuple[str, Path]:
+    """The checkpoint's format (``meta``, ``hf`` or ``gguf``) and path."""
     from workbench.models.embedded import embedded_gguf_path
     from workbench.models.formats import detect_format
 
@@ -223,29 +230,16 @@ def _open_checkpoint(source: Any) -> _Checkpoint:
         fmt, location = "gguf", embedded_gguf_path()
     if fmt == "hub":
         raise CheckpointError(f"{source}: no such file or folder (hub ids are not diffed; download it first)")
-    path = Path(location)
-    return {"meta": _meta_checkpoint, "hf": _hf_checkpoint, "gguf": _gguf_checkpoint}[fmt](path)
+    return fmt, Path(location)
 
 
 @contextmanager
-def _rows_of(load: Callable[[], torch.Tensor], shape: tuple[int, ...]) -> Iterator[Reader]:
-    """A reader over a tensor materialised once (a merged Meta tensor, a permuted GGUF q/k)."""
-    whole = load().reshape(shape[0] if len(shape) > 1 else 1, -1)
-    yield lambda start, stop: whole[start:stop]
-
-
-@contextmanager
-def _safetensors_rows(file: Path, name: str, ndim: int) -> Iterator[Reader]:
-    from safetensors import safe_open
-
-    with safe_open(file, framework="pt") as f:  # closed (unmapped) after this tensor
-        piece = f.get_slice(name)
-        yield (lambda start, stop: piece[start:stop]) if ndim > 1 else (lambda start, stop: piece[:])
+def _whole(load: Callable[[], torch.Tensor], scratch: Scratch) -> Iterator[Rows]:
+    """Rows of a tensor materialised once (a merged Meta tensor, a ``.bin`` file's tensor)."""
+    yield WholeRows(load())
 
 
 def _hf_checkpoint(folder: Path) -> _Checkpoint:
-    from safetensors import safe_open
-
     config = hf_format.read_llama_config(folder)
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
     if not files:
@@ -255,22 +249,19 @@ def _hf_checkpoint(folder: Path) -> _Checkpoint:
         if problem := structure_problem(file):
             raise CheckpointError(f"{file}: {problem}")
         if file.suffix == ".bin":
-            for name, t in load_torch_file(file).items():
-                tensors[name] = _Entry(file, tuple(t.shape), t.dtype, None, partial(_rows_of, lambda t=t: t, t.shape))
-            continue
-        try:
-            with safe_open(file, framework="pt") as f:
-                for name in f.keys():
-                    piece = f.get_slice(name)
-                    shape = tuple(piece.get_shape())
-                    tensors[name] = _Entry(file, shape, piece[:0].dtype, None,
-                                           partial(_safetensors_rows, file, name, len(shape)))  # fmt: skip
-        except Exception as err:  # safetensors raises its own error types for a bad file
-            raise CheckpointError(f"{file}: cannot read safetensors file: {err}") from None
+            for name, t in load_torch_file(file).items():  # memory-mapped: shapes and dtypes, nothing read
+                load = partial(lambda file, name: load_torch_file(file)[name], file, name)
+                tensors[name] = _Entry(file, tuple(t.shape), t.dtype, None, partial(_whole, load))
+            continue  # each tensor maps the file again, and its pages go with it
+        for name, t in safetensors_index(file).items():
+            n_rows, _ = rows_and_width(t.shape)
+            opener = partial(file_rows, file, offset=t.offset, n_rows=n_rows, row_bytes=t.n_bytes // max(n_rows, 1),
+                             dtype=t.dtype)  # fmt: skip
+            tensors[name] = _Entry(file, t.shape, t.dtype, None, opener)
     tensors = {k: v for k, v in tensors.items() if not k.endswith(_SKIPPED)}
     if config.tie_word_embeddings and "lm_head.weight" not in tensors and "model.embed_tokens.weight" in tensors:
         tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]
-    vocab = _vocab_of(hf_format.load_hf_tokenizer(folder), folder)
+    vocab = _vocab_of(partial(hf_format.load_hf_tokenizer, folder), folder)
     return _Checkpoint(folder, "hf", tensors, vocab, files)
 
 
@@ -293,76 +284,81 @@ def _meta_checkpoint(folder: Path) -> _Checkpoint:
             return meta.to_hf_tensor(name, meta_shards.merge_tensor(name, pieces, paths, params), params)
 
         where = paths[0] if len(paths) == 1 else folder / "consolidated.*.pth"
-        tensors[meta.hf_name(name)] = _Entry(where, tuple(shape), pieces[0].dtype, None,
-                                             partial(_rows_of, load, tuple(shape)))  # fmt: skip
+        tensors[meta.hf_name(name)] = _Entry(where, tuple(shape), pieces[0].dtype, None, partial(_whole, load))
     tokenizer_file = meta.find_tokenizer(folder)
-    tokenizer, _ = meta.load_meta_tokenizer(tokenizer_file, params)
-    return _Checkpoint(folder, "meta", tensors, _vocab_of(tokenizer, tokenizer_file), paths)
-
-
-@contextmanager
-def _gguf_rows(path: Path, offset: int, n_bytes: int, n_rows: int, qtype: gguf.GGMLQuantizationType,
-               permute: tuple[int, int] | None) -> Iterator[Reader]:  # fmt: skip
-    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=(n_bytes,))
-    rows = raw.reshape(n_rows, -1)  # ggml blocks never straddle rows
-
-    def read(start: int, stop: int) -> torch.Tensor:
-        block = np.asarray(rows[start:stop])
-        if qtype.name in _FLOATS:
-            return torch.from_numpy(block.view(_FLOATS[qtype.name][0]).copy()).view(_FLOATS[qtype.name][1])
-        return torch.from_numpy(gguf.quants.dequantize(block, qtype))
-
-    if permute is None:
-        yield read  # the map (this tensor's bytes only) goes when the reader does
-    else:  # llama.cpp's q/k rows are in Meta's interleaved order
-        whole = meta.permute_rotary(read(0, n_rows), permute[0], n_rows, permute[1])
-        yield lambda start, stop: whole[start:stop]
+    vocab = _vocab_of(lambda: meta.load_meta_tokenizer(tokenizer_file, params)[0], tokenizer_file)
+    return _Checkpoint(folder, "meta", tensors, vocab, paths)
 
 
 def _gguf_checkpoint(path: Path) -> _Checkpoint:
-    reader, info = gguf_format.read_gguf(path)
-    if info["architecture"] != gguf_format.SUPPORTED_ARCHITECTURE or not isinstance(info["block_count"], int):
-        raise CheckpointError(f"{path}: not a LLaMA GGUF (architecture {info['architecture']!r})")
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, info["block_count"])
-    canonical = {name_map.get_name(n, try_suffixes=(".weight",)): n for n in meta.hf_tensor_names(info["block_count"])}
+    fields, table = read_gguf_header(path)
+    arch = fields.get("general.architecture")
+    blocks = fields.get(f"{arch}.block_count")
+    if arch != gguf_format.SUPPORTED_ARCHITECTURE or not isinstance(blocks, int):
+        raise CheckpointError(f"{path}: not a LLaMA GGUF (architecture {arch!r})")
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, blocks)
+    canonical = {name_map.get_name(n, try_suffixes=(".weight",)): n for n in meta.hf_tensor_names(blocks)}
+    head_counts = {"attn_q": fields.get("llama.attention.head_count"), "attn_k": fields.get("llama.attention.head_count_kv")}
     tensors: dict[str, _Entry] = {}
-    for t in reader.tensors:
+    for t in table:
         if t.name in _SKIPPED:
             continue
-        shape = tuple(int(n) for n in reversed(t.shape.tolist()))
-        heads = {"attn_q": info["head_count"], "attn_k": info["head_count_kv"]}.get(t.name.split(".")[-2])
-        kind = t.tensor_type.name
-        opener = partial(_gguf_rows, path, int(t.data_offset), int(t.n_bytes), shape[0] if len(shape) > 1 else 1,
-                         t.tensor_type, (heads, shape[1]) if heads else None)  # fmt: skip
-        dtype = _FLOATS[kind][1] if kind in _FLOATS else torch.float32
-        tensors[canonical.get(t.name, t.name)] = _Entry(path, shape, dtype, None if kind in _FLOATS else kind, opener)
+        heads = head_counts.get(t.name.split(".")[-2]) if len(t.shape) == 2 else None
+        n_rows, _ = rows_and_width(t.shape)
+        kind, plain = t.qtype.name, GGUF_PLAIN.get(t.qtype.name)
+        opener = partial(file_rows, path, offset=t.offset, n_rows=n_rows, row_bytes=t.n_bytes // max(n_rows, 1),
+                         dtype=plain, qtype=None if plain else t.qtype, heads=heads)  # fmt: skip
+        tensors[canonical.get(t.name, t.name)] = _Entry(path, t.shape, plain or torch.float32, None if plain else kind,
+                                                        opener, n_rows // heads if heads else 1)  # fmt: skip
     if "lm_head.weight" not in tensors and "model.embed_tokens.weight" in tensors:
         tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"]  # llama.cpp ties by omission
-
-    def field_(key: str) -> Any:
-        found = reader.get_field(key)
-        return None if found is None else found.contents()
-
     keys = {"bos": "bos_token_id", "eos": "eos_token_id", "pad": "padding_token_id", "unk": "unknown_token_id"}
-    specials = {k: field_(f"tokenizer.ggml.{v}") for k, v in keys.items()}
-    vocab = _Vocab(str(path), list(field_("tokenizer.ggml.tokens") or []), specials, field_("tokenizer.ggml.merges"))
+    specials = {k: fields.get(f"tokenizer.ggml.{v}") for k, v in keys.items()}
+    vocab = _Vocab(str(path), list(fields.get("tokenizer.ggml.tokens") or []), specials, fields.get("tokenizer.ggml.merges"))
     return _Checkpoint(path, "gguf", tensors, vocab, [path])
 
 
-def _vocab_of(tokenizer: Any, file: Path) -> _Vocab:
-    """Tokens by id, special ids and (for a fast BPE tokenizer) merges of an HF-API tokenizer."""
+_OPEN: dict[str, Callable[[Path], _Checkpoint]] = {"meta": _meta_checkpoint, "hf": _hf_checkpoint,
+                                                   "gguf": _gguf_checkpoint}  # fmt: skip
+
+
+def _vocab_of(load: Callable[[], Any], file: Path) -> _Vocab:
+    """Tokens by id, special ids and (for a fast BPE tokenizer) merges of the HF-API tokenizer ``load`` gives."""
+    tokenizer = load()
     by_token = tokenizer.get_vocab()
     tokens: list[str | None] = [None] * (max(by_token.values(), default=-1) + 1)
     for token, i in by_token.items():
         tokens[i] = token
     specials = {k: getattr(tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "pad", "unk")}
-    merges = None
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        model = json.loads(backend.to_str()).get("model", {})
-        if model.get("type") == "BPE":
-            merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    spec = None if backend is None else backend.to_str()
+    del tokenizer, backend, by_token  # gone before its JSON is parsed: the two at once would be the diff's peak
+    release_freed_memory()
+    merges = None
+    if spec is not None:
+        with _no_gc():
+            model = json.loads(spec).get("model", {})
+            if model.get("type") == "BPE":
+                merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+            del model
     return _Vocab(str(file), tokens, specials, merges)
+
+
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused, and resumed as it was.
+
+    A BPE vocabulary's JSON is ~10^5 short-lived lists, enough to set off a full collection of the
+    whole heap (a third of a second with torch and transformers loaded); reference counting frees
+    them all before the collector resumes.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _compare_vocabs(a: _Vocab, b: _Vocab, *, examples: int = 5) -> TokenizerDiff:
@@ -394,105 +390,39 @@ def _compare_vocabs(a: _Vocab, b: _Vocab, *, examples: int = 5) -> TokenizerDiff
                          None if b.merges is None else len(b.merges), merges_same, problems, notes)  # fmt: skip
 
 
-def _compare(name: str, a: _Entry, b: _Entry, atol: float | None) -> TensorDiff:
+def _compare(name: str, a: _Entry, b: _Entry, atol: float | None, scratch: tuple[Scratch, Scratch]) -> TensorDiff:
     row = TensorDiff(name, "different", a.shape, b.shape, a.label, b.label)
     if a.shape != b.shape:
         row.verdict, row.detail = "shape_mismatch", f"{a.shape} vs {b.shape}"
         return row
-    n_rows = a.shape[0] if len(a.shape) > 1 else 1
-    row_len = math.prod(a.shape) // max(n_rows, 1)
-    step = max(1, CHUNK_ELEMENTS // max(row_len, 1))
-    stats, side = _Stats(a, b), a  # side: whose file is being read, for the error message
+    n_rows, row_len = rows_and_width(a.shape)
+    align = math.lcm(a.align, b.align)
+    step = max(align, CHUNK_ELEMENTS // max(row_len, 1) // align * align)
+    stats = TensorStats((a.dtype, b.dtype), (a.qtype, b.qtype), a.shape, a.label == b.label)
+    side = a  # whose file is being read, for the error message
     try:
-        with a.open() as read_a:
+        with a.open(scratch[0]) as rows_a:
             side = b
-            with b.open() as read_b:
+            with b.open(scratch[1]) as rows_b:
                 for start in range(0, n_rows, step):
                     stop = min(n_rows, start + step)
+                    if stats.bitwise:  # stored alike: bytes first, values only if they differ
+                        side = a
+                        raw_a = rows_a.raw(start, stop)
+                        side = b
+                        if torch.equal(raw_a, rows_b.raw(start, stop)):
+                            continue
                     side = a
-                    chunk_a = read_a(start, stop).reshape(stop - start, row_len)
+                    chunk_a = rows_a.values(start, stop)
                     side = b
-                    chunk_b = read_b(start, stop).reshape(stop - start, row_len)
+                    chunk_b = rows_b.values(start, stop)
                     side = None
+                    if stats.bitwise and torch.equal(bits(chunk_a), bits(chunk_b)):
+                        continue  # other bytes, same values (a quantized block stored two ways)
+                    stats.bitwise = False
                     stats.add(chunk_a, chunk_b, start * row_len)
     except Exception as err:
         if side is None or isinstance(err, CheckpointError):
             raise
         raise CheckpointError(f"{side.file}: cannot read tensor {name!r} ({type(err).__name__}: {err})") from err
     return stats.verdict(row, atol)
-
-
-class _Stats:
-    """Running comparison of one tensor over its chunks of rows."""
-
-    def __init__(self, a: _Entry, b: _Entry):
-        self.bitwise = a.label == b.label
-        self.numel, self.shape, self.changed = math.prod(a.shape), a.shape, 0
-        self.max_abs, self.max_rel, self.where = 0.0, 0.0, 0
-        self.quant = [(q, _QUANT_STEPS.get(q)) for q in (a.qtype, b.qtype) if q]
-        self.known = all(steps for _, steps in self.quant)  # every quantized side's bound is known
-        self.quant_ratio = 0.0  # largest error in units of the quantization step
-        floats = a.dtype.is_floating_point and b.dtype.is_floating_point
-        self.coarse = max((a.dtype, b.dtype), key=lambda d: torch.finfo(d).eps) if floats else None
-        self.converted = floats and a.dtype != b.dtype and not self.quant
-        self.conversion_ok = True
-
-    def add(self, a: torch.Tensor, b: torch.Tensor, offset: int) -> None:
-        if self.bitwise:
-            self.bitwise = torch.equal(_bits(a), _bits(b))
-            if self.bitwise:
-                return
-        x, y = a.double(), b.double()
-        d = torch.where(x == y, 0.0, (x - y).abs())
-        d = torch.where(x.isnan() & y.isnan(), 0.0, d).nan_to_num(nan=math.inf)
-        self.changed += int((d > 0).sum())
-        scale = torch.maximum(x.abs(), y.abs()).nan_to_num(nan=math.inf)
-        top = float(d.max())
-        if top > self.max_abs:
-            self.max_abs, self.where = top, offset + int(d.argmax())
-        rel = torch.where(d == 0, 0.0, d / scale).nan_to_num(nan=math.inf)
-        self.max_rel = max(self.max_rel, float(rel.max()))
-        if self.converted:
-            info = torch.finfo(self.coarse)
-            self.conversion_ok &= bool((d <= info.eps * scale + info.tiny).all())
-        if self.quant and self.known:
-            bound = sum(torch.maximum(_block_step(x, *s), _block_step(y, *s)).repeat_interleave(s[0])
-                        for _, s in self.quant)  # fmt: skip
-            flat = d.flatten()
-            ratio = torch.where(flat == 0, 0.0, flat / bound).nan_to_num(nan=math.inf)
-            self.quant_ratio = max(self.quant_ratio, float(ratio.max()))
-
-    def verdict(self, row: TensorDiff, atol: float | None) -> TensorDiff:
-        if self.bitwise:
-            row.verdict, row.max_abs, row.max_rel, row.changed = "identical", 0.0, 0.0, 0.0
-            return row
-        row.max_abs, row.max_rel, row.changed = self.max_abs, self.max_rel, self.changed / self.numel
-        if self.changed:
-            row.where = tuple(int(i) for i in np.unravel_index(self.where, self.shape))
-        kinds = " + ".join(q for q, _ in self.quant)
-        if self.quant and self.known and self.quant_ratio <= 1.0:
-            row.verdict = "equal_within_quantization"
-            row.detail = f"{kinds}: max error {self.quant_ratio:.2f} of a {kinds} step"
-        elif self.changed == 0 and not self.converted:
-            row.verdict, row.detail = "equal_within_tolerance", "equal values: bit patterns differ (-0.0, NaN payloads)"
-        elif self.converted and self.conversion_ok:
-            row.verdict = "equal_within_tolerance"
-            row.detail = f"{row.dtype_a} vs {row.dtype_b}: within {str(self.coarse)[6:]} rounding"
-        elif atol is not None and self.max_abs <= atol:
-            row.verdict, row.detail = "equal_within_tolerance", f"atol {atol:g}: max abs error {self.max_abs:.3g}"
-        else:
-            steps = f"; {self.quant_ratio:.1f}x the {kinds} step" if self.known else f"; no error bound known for {kinds}"
-            row.detail = f"max abs error {self.max_abs:.3g} at {row.where}" + (steps if self.quant else "")
-        return row
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    """The tensor's bit patterns (so that NaN == NaN and -0.0 != 0.0)."""
-    ints = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}
-    return t.contiguous().view(ints[t.element_size()]) if t.dtype.is_floating_point else t
-
-
-def _block_step(x: torch.Tensor, block: int, levels: int, symmetric: bool) -> torch.Tensor:
-    """One quantization step per block of ``block`` consecutive elements of each row."""
-    blocks = x.reshape(-1, block)
-    return blocks.abs().amax(1) / (levels // 2) if symmetric else (blocks.amax(1) - blocks.amin(1)) / (levels - 1)

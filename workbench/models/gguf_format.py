@@ -266,20 +266,37 @@ class _Truncated(Exception):
         self.tensor, self.end = tensor, end
 
 
-def _open_reader(path: Path) -> gguf.GGUFReader:
+def checked_gguf_size(path: Path) -> int:
+    """The size of ``path`` after checking it is a file that starts with GGUF's magic.
+
+    Raises:
+        CheckpointError: no such file, or not a GGUF file (says what it starts with).
+    """
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
-    size = path.stat().st_size
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"GGUF":
         raise CheckpointError(
             f"{path}: not a GGUF file (starts with {magic!r}, GGUF files start with b'GGUF')"
         )
+    return path.stat().st_size
+
+
+def truncated_gguf(path: Path, tensor: str, end: int, size: int) -> CheckpointError:
+    """The error for a GGUF whose tensor ``tensor`` ends past the end of the file."""
+    return CheckpointError(
+        f"{path}: truncated GGUF file: tensor {tensor!r} ends at byte {end:,} but the file "
+        f"has only {size:,} bytes (incomplete download or copy?)"
+    )
+
+
+def _open_reader(path: Path) -> gguf.GGUFReader:
+    size = checked_gguf_size(path)
     try:
         reader = _BoundsCheckingReader(path)
     except _Truncated as err:
-        raise _truncated(path, err.tensor, err.end, size) from None
+        raise truncated_gguf(path, err.tensor, err.end, size) from None
     except Exception as err:  # GGUFReader signals a bad header with whatever numpy raises
         raise CheckpointError(
             f"{path}: GGUF header is truncated or corrupt ({size:,} bytes): "
@@ -288,15 +305,10 @@ def _open_reader(path: Path) -> gguf.GGUFReader:
     # Also checked here on the public fields, in case a gguf release stops calling the hook above.
     for tensor in reader.tensors:
         if tensor.data_offset + tensor.n_bytes > size:
-            raise _truncated(path, tensor.name, tensor.data_offset + tensor.n_bytes, size)
+            raise truncated_gguf(path, tensor.name, tensor.data_offset + tensor.n_bytes, size)
     return reader
 
 
-def _truncated(path: Path, tensor: str, end: int, size: int) -> CheckpointError:
-    return CheckpointError(
-        f"{path}: truncated GGUF file: tensor {tensor!r} ends at byte {end:,} but the file "
-        f"has only {size:,} bytes (incomplete download or copy?)"
-    )
 
 
 def _metadata(path: Path, reader: gguf.GGUFReader) -> dict[str, Any]:
