@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,9 +147,11 @@ def finetune(
         raise FinetuneError(f"data: every row's prompt fills max_length={max_length}; raise max_length")
     base, tokenizer = _fresh_copy(model)
     torch.manual_seed(seed)
-    peft_model = get_peft_model(base, LoraConfig(
-        r=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=list(target_modules),
-        bias="none", task_type="CAUSAL_LM"))
+    with warnings.catch_warnings():  # peft asks transformers a deprecated question; noise to our users
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(base, LoraConfig(
+            r=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=list(target_modules),
+            bias="none", task_type="CAUSAL_LM"))
     trainable = {name: p for name, p in peft_model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(trainable.values(), lr=learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, warmup_steps, steps))
