@@ -39,6 +39,8 @@ def response_loss(model, rows):
 def test_training_lowers_the_response_loss_and_the_merged_folder_loads(tiny_model, tmp_path):
     run = wb.finetune(tiny_model, ROWS, tmp_path / "ft", **{**SMALL, "steps": 12})
     assert run.manifest["status"] == "complete"
+    assert json.loads((run.merged_dir / "finetune.json").read_text()) == run.manifest
+    assert run.manifest["settings"]["base"]["fingerprint"] == tiny_model.source.fingerprint
     assert list(run.log["step"]) == list(range(1, 13))
     tuned = run.load_model(device="cpu")
     with torch.no_grad():

@@ -7,7 +7,8 @@ Alpaca's prompt format when it has none) and masked out of the loss. ``out`` the
 
 - ``adapter/``: the adapters as ``peft`` saves them (``adapter_config.json``, safetensors);
 - ``merged/``: the base weights with the adapters merged in, a Hugging Face folder that
-  ``wb.load_model`` and ``wb.diff_checkpoints`` read, with the tokenizer and chat template;
+  ``wb.load_model`` and ``wb.diff_checkpoints`` read, with the tokenizer, the chat template and
+  a copy of the manifest;
 - ``finetune.json``: the manifest (base model and fingerprint, data fingerprint, settings,
   losses, versions); ``log.jsonl``: one line per step; ``checkpoint/``: the latest state.
 
@@ -193,9 +194,6 @@ def finetune(
     merged = peft_model.merge_and_unload()
     if use_chat:
         tokenizer.chat_template = model.chat_template.template
-    with atomic_path(out / "merged", directory=True) as tmp:
-        merged.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
     frame = pd.DataFrame(log)
     manifest = {
         "status": "complete", "settings": settings, "skipped_rows": skipped, "rows_used": len(examples),
@@ -203,6 +201,10 @@ def finetune(
         "first_loss": float(frame["loss"].iloc[0]), "last_loss": float(frame["loss"].iloc[-1]),
         "train_seconds": float(frame["seconds"].sum()), "versions": versions(),
     }
+    with atomic_path(out / "merged", directory=True) as tmp:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / MANIFEST, manifest)  # the folder says where it came from
     atomic_write_json(out / MANIFEST, manifest)
     return FinetuneResult(out, manifest, frame)
 
