@@ -64,6 +64,10 @@ _API: dict[str, str] = {
     "pull_data": "workbench.evals",
     # train: LoRA fine-tuning, a second model to compare
     "finetune": "workbench.training",
+    # features: sparse autoencoders and transcoders (model.sae(sae) splices one in)
+    "train_sae": "workbench.features",
+    "load_sae": "workbench.features",
+    "sae_metrics": "workbench.features",
     # views: plots and widgets (wb.viz.AttentionViewer ...), the offline HTML report
     "viz": "workbench.viz",
     "write_report": "workbench.viz",
@@ -75,7 +79,7 @@ _API: dict[str, str] = {
 
 __all__ = list(_API)
 
-_SUBPACKAGES = {"common", "models", "store", "probing", "patching", "evals", "training", "viz", "distributed", "cli"}
+_SUBPACKAGES = {"common", "models", "store", "probing", "patching", "evals", "training", "features", "viz", "distributed", "cli"}
 
 
 def __getattr__(name: str) -> Any:

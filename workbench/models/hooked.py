@@ -175,6 +175,17 @@ class HookedLlama:
         """Context: zero- or mean-ablate MLP neurons ``[(layer, neuron), ...]``."""
         return interventions.ablate_neurons(self, neurons, mode=mode, reference=reference)
 
+    def sae(self, sae: Any, hook: str | None = None, *, keep_error: bool = True):
+        """Context: splice ``sae`` in at its hook (error term kept: the output is unchanged until
+        a latent is edited); its latents are the hook point ``f"{hook}.sae.hook_acts"``.
+
+        >>> with model.sae(sae) as name:                              # doctest: +SKIP
+        ...     logits, cache = model.run_with_cache("The cat", names_filter=[name])
+        """
+        from workbench.models.splice import splice_sae
+
+        return splice_sae(self, sae, hook, keep_error=keep_error)
+
     def active_interventions(self) -> list[dict[str, Any]]:
         """The steering / ablation contexts now open, outermost first (empty outside them)."""
         return [dict(item) for item in self._interventions]

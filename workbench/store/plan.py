@@ -174,7 +174,7 @@ def _check_hooks(model, selection: HookSelection) -> tuple[list[str], dict[str, 
                 f"[batch, pos, ...] activations; attention patterns and scores are per query "
                 f"and key position (cache them with run_with_cache)"
             )
-        features[name] = tuple(sizes[d] for d in dims[2:])
+        features[name] = tuple(sizes[d] if d in sizes else int(d) for d in dims[2:])  # an SAE's latents: a number
     return names, features
 
 
