@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 # By import path: workbench.viz.logit_lens the attribute is the function, not the module.
-MODULES = ["_common", "attention", "compare", "paired", "logit_lens", "model_explorer", "probe_explorer", "widgets"]
+MODULES = ["_common", "attention", "compare", "feature_explorer", "paired", "logit_lens", "model_explorer", "probe_explorer", "widgets"]
 
 
 @pytest.mark.parametrize("name", MODULES)

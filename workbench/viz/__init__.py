@@ -12,6 +12,7 @@ from workbench.viz._common import escape, token_labels
 from workbench.viz.attention import attention_head_grid, attention_heatmap, attention_patterns
 from workbench.viz.compare import model_comparison_figure
 from workbench.viz.eval_dashboard import EvalDashboard, compare_category_figure, compare_metrics_figure, drilldown
+from workbench.viz.feature_explorer import FeatureExplorer, feature_index, logit_effects, top_contexts
 from workbench.viz.logit_lens import (
     LogitLens,
     decode_residual,
@@ -36,6 +37,7 @@ __all__ = [
     "ProbeExplorer",
     "PatchingExplorer",
     "SteeringGenerator",
+    "FeatureExplorer",
     "EvalDashboard",
     "LogitLens",
     "logit_lens",
@@ -56,6 +58,9 @@ __all__ = [
     "compare_category_figure",
     "drilldown",
     "model_comparison_figure",
+    "feature_index",
+    "top_contexts",
+    "logit_effects",
     "write_report",
     "escape",
     "token_labels",
