@@ -10,9 +10,9 @@ from nbclient import NotebookClient
 pytestmark = pytest.mark.integration
 NOTEBOOKS = sorted((Path(__file__).parents[2] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # Run capped, with their own checks, not a second time here: test_notebooks_studies.py (01-04),
-# test_notebook_misuse.py (05), test_notebook_finetuning.py (07).
+# test_notebook_misuse.py (05), test_notebook_features.py (06), test_notebook_finetuning.py (07).
 STUDIES = {"01_bias_study", "02_activation_patching", "03_truthfulness", "04_safety_eval_suite",
-           "05_misuse_and_refusal", "07_finetuning_and_safety"}
+           "05_misuse_and_refusal", "06_features", "07_finetuning_and_safety"}
 OTHERS = [p for p in NOTEBOOKS if p.stem not in STUDIES]
 
 
