@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from workbench.common.files import atomic_path, atomic_write, atomic_write_json
 from workbench.features.formats import load_sae, save_sae
@@ -205,10 +206,14 @@ def topk_losses(sae: SparseAutoencoder, x: torch.Tensor, y: torch.Tensor, dead: 
     if batch_topk:
         values, flat = acts.flatten().topk(k * len(x), sorted=False)
         z = torch.zeros_like(acts).flatten().scatter(0, flat, values).view_as(acts)
+        recon = z @ sae.W_dec + sae.b_dec
     else:
         values, indices = acts.topk(k, dim=-1, sorted=False)
-        z = torch.zeros_like(acts).scatter(-1, indices, values)
-    recon = z @ sae.W_dec + sae.b_dec
+        # Only the k active rows of W_dec are read (and receive gradient): a sparse decode, as
+        # sparsify does; the dense latents are built for the caller's statistics only.
+        recon = F.embedding_bag(indices, sae.W_dec, per_sample_weights=values, mode="sum") + sae.b_dec
+        with torch.no_grad():
+            z = torch.zeros_like(acts).scatter(-1, indices, values)
     e = y - recon
     total_variance = (y - y.mean(0)).pow(2).sum()
     fvu = e.pow(2).sum() / total_variance
@@ -218,7 +223,7 @@ def topk_losses(sae: SparseAutoencoder, x: torch.Tensor, y: torch.Tensor, dead: 
         k_aux = y.shape[-1] // 2
         scale = min(n_dead / k_aux, 1.0)
         aux_values, aux_indices = torch.where(dead, acts, -torch.inf).topk(min(k_aux, n_dead), dim=-1, sorted=False)
-        e_hat = torch.zeros_like(acts).scatter(-1, aux_indices, aux_values) @ sae.W_dec
+        e_hat = F.embedding_bag(aux_indices, sae.W_dec, per_sample_weights=aux_values, mode="sum")
         auxk = scale * (e_hat - e.detach()).pow(2).sum() / total_variance
     return {"z": z, "recon": recon, "fvu": fvu, "auxk": auxk}
 
