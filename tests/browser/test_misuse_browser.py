@@ -93,11 +93,14 @@ def test_misuse_notebook_runs_in_jupyterlab(browser, tmp_path, shared_data):
         # The drill-down: the prompt as the template rendered it (special tokens shown as text),
         # the completion, the verdict and its reason; the judge's agreement in the status line.
         dashboard = page.locator(".wb-eval-dashboard")
-        wait_for(lambda: dashboard.locator("table th").count() >= 7, 120, "the dashboard's drill-down table", page,
+        drilldown = dashboard.locator(".wb-drilldown table")
+        wait_for(lambda: drilldown.locator("th").count() >= 7, 120, "the dashboard's drill-down table", page,
                  on_timeout=TIMEOUT_SHOT)
-        headers = dashboard.locator("table th").all_text_contents()
+        headers = drilldown.locator("th").all_text_contents()
         assert ["prompt as rendered", "completion", "verdict", "reason"] == headers[3:7], headers
-        assert "<|im_start|>user" in dashboard.locator("table").text_content()
+        assert "<|im_start|>user" in drilldown.text_content()
+        # the two runs (no intervention, bypass) on the same prompts: the paired rows with McNemar
+        assert "mcnemar_exact" in dashboard.locator(".wb-paired table").text_content()
         assert "agrees with XSTest human labels" in dashboard.text_content()
         cosines = output_with(page, "cosine similarity")  # per-topic directions against the refusal direction
         assert cosines.locator("table tbody tr").count() >= 3

@@ -274,9 +274,11 @@ class EvalDashboard(w.VBox):
         self.overview = go.FigureWidget()
         self.categories = go.FigureWidget()
         self.paired = w.HTML()  # two runs: compare_runs' paired rows for the suite and metric shown
+        self.paired.add_class("wb-paired")
         self._paired: dict[str, pd.DataFrame | str] = {}
         self.what = w.HTML()
         self.table = w.HTML()
+        self.table.add_class("wb-drilldown")
         tables = {label: _metrics(suites) for label, suites in self.runs.items()}
         refresh(self.overview, _json_safe(eval_metrics_figure(tables[self.labels[0]]) if len(tables) == 1
                                           else compare_metrics_figure(tables)))
