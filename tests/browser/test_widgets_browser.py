@@ -120,7 +120,8 @@ def test_experiment_widgets_run_in_jupyterlab(browser, tmp_path):
         table = dashboard.locator(".wb-drilldown table")
         assert table.locator("tr").count() > 1
         paired = dashboard.locator(".wb-paired table")  # the two runs, example by example
-        assert paired.locator("tr").count() > 1 and "p (BH)" in paired.text_content()
+        _wait(lambda: paired.locator("tr").count() > 1, "the paired comparison table", page)
+        assert "p (BH)" in paired.text_content()
         selects.nth(2).select_option("said_that")
         _wait(lambda: _ticks(plots.nth(1), "x") == ["all", "said_that"], "the category figure to redraw", page)
         categories = [r.locator("td").nth(1).inner_text() for r in table.locator("tr").all()[1:]]

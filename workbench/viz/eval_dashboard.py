@@ -338,7 +338,6 @@ class EvalDashboard(w.VBox):
         else:
             fig = compare_category_figure({label: s.metrics for label, s in present.items()}, metric, name, keep)
         refresh(self.categories, _json_safe(fig))
-        self.paired.value = self._paired_html(name, metric, keep, present)
         base = present[self.labels[0]]
         preference = is_preference_suite(name, base.manifest)
         what, frame = drilldown(base.samples, name, category, top=self.top, preference=preference)
@@ -360,3 +359,5 @@ class EvalDashboard(w.VBox):
         if missing:
             notes.append(f"{', '.join(missing)}: no {name} results")
         set_status(self.status, " | ".join(notes))
+        # Last: the paired statistics take a moment (bootstrap), the figure and table come first.
+        self.paired.value = self._paired_html(name, metric, keep, present)
