@@ -29,26 +29,17 @@ import tempfile
 import time
 from pathlib import Path
 
-_CHILD = r"""
-import json, resource, sys, time
+from peak_rss import PEAK_RSS  # benchmarks/ is on sys.path when a benchmark runs
+
+_CHILD = PEAK_RSS + r"""
+import json, sys, time
 from workbench.models.diff import diff_checkpoints
 
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-
-base = status("VmRSS")
-try:  # "5": reset the peak RSS (VmHWM) to the current RSS, so that imports are not counted
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    reset = status("VmHWM") <= base + (1 << 20)
-except OSError:
-    reset = False
+base, reset = reset_peak()
 start, cpu = time.perf_counter(), time.process_time()
 d = diff_checkpoints(sys.argv[1], sys.argv[2], progress=False)
 seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-peak = status("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = peak_rss(reset)
 print(json.dumps({"seconds": seconds, "cpu": cpu, "bytes": d.bytes_read, "peak_rss": peak, "base_rss": base,
                   "peak_reset": reset, "verdict": d.verdict}))
 """

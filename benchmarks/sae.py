@@ -47,33 +47,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from peak_rss import PEAK_RSS  # benchmarks/ is on sys.path when a benchmark runs
 
-_CHILD = r"""
-import json, resource, sys, time
+_CHILD = PEAK_RSS + r"""
+import json, sys, time
 import torch
 from workbench import ActivationStore
 from workbench.features import train_sae
-
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
 
 path, hook, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 torch.set_num_threads(settings.pop("threads"))
 store = ActivationStore.open(path)
 rows = len(store[hook])
-base = status("VmRSS")
-try:  # "5": reset the peak RSS (VmHWM) to the current RSS, so that imports are not counted
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    reset = status("VmHWM") <= base + (1 << 20)
-except OSError:
-    reset = False
+base, reset = reset_peak()
 start = time.perf_counter()
 sae = train_sae(store, hook, progress=False, **settings)
 seconds = time.perf_counter() - start
-peak = status("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = peak_rss(reset)
 print(json.dumps({"rows": rows, "seconds": seconds, "trained": int(sae.training_log["tokens"].iloc[-1]),
                   "peak_rss": peak, "base_rss": base, "peak_reset": reset,
                   "anon_end": status("RssAnon"), "file_end": status("RssFile")}))
