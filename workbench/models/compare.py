@@ -34,7 +34,7 @@ from workbench.models import chat
 if TYPE_CHECKING:
     from workbench.models.hooked import HookedLlama
 
-__all__ = ["ModelComparison", "ModelMismatchError", "compare_models"]
+__all__ = ["ModelComparison", "ModelMismatchError", "compare_models", "unembedding"]
 
 
 class ModelMismatchError(WorkbenchError, ValueError):
@@ -388,13 +388,20 @@ class _ResidualStats:
         })
 
 
+def unembedding(model: HookedLlama) -> tuple[torch.Tensor, torch.Tensor]:
+    """The final RMSNorm's elementwise weight ``[d_model]`` and the unembedding ``W_U``
+    ``[d_model, d_vocab]``, float32 on the CPU: how a direction (a residual difference, an SAE
+    decoder row) is read in tokens, leaving out the norm's data-dependent ``1/rms`` scale."""
+    w_norm = model.bridge.ln_final.original_component.weight.detach().float().cpu()
+    return w_norm, model.bridge.W_U.detach().float().cpu()
+
+
 def _difference_lens(b: HookedLlama, mean_diff: torch.Tensor | None, top_k: int, pieces: _Pieces) -> pd.DataFrame:
     """The activation-difference lens: ``(w_norm * d) @ W_U`` per layer, top and bottom ``top_k``."""
     columns = ["layer", "direction", "rank", "token_id", "token", "logit"]
     if mean_diff is None:
         return pd.DataFrame(columns=columns)
-    w_norm = b.bridge.ln_final.original_component.weight.detach().float().cpu()  # [d_model]
-    w_u = b.bridge.W_U.detach().float().cpu()  # [d_model, d_vocab]
+    w_norm, w_u = unembedding(b)
     logits = (mean_diff.float() * w_norm) @ w_u  # [layers, d_vocab]
     k = min(top_k, logits.shape[-1])
     rows = []

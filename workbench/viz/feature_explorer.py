@@ -39,6 +39,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
+from workbench.models.compare import unembedding
 from workbench.viz._common import escape, guarded, refresh, set_status, token_label
 
 if TYPE_CHECKING:
@@ -197,13 +198,6 @@ def top_contexts(sae: Any, store: ActivationStore, index: FeatureIndex, feature:
     return pd.DataFrame(records, columns=columns)
 
 
-def _unembedding(model: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    # As models.compare's activation-difference lens reads them (no shared helper exists yet).
-    w_norm = model.bridge.ln_final.original_component.weight.detach().float().cpu()  # [d_model]
-    w_u = model.bridge.W_U.detach().float().cpu()  # [d_model, d_vocab]
-    return w_norm, w_u
-
-
 def _decoder(sae: Any) -> torch.Tensor:
     """Decoder rows in the hook's units: ``W_dec / scale_out``, ``[d_sae, d_model]``."""
     return sae.W_dec.detach().float().cpu() / float(getattr(sae, "scale_out", 1.0))
@@ -219,7 +213,7 @@ def logit_effects(model: Any, sae: Any, feature: int, k: int = 10) -> pd.DataFra
     >>> logit_effects(model, sae, 7, k=5)                                # doctest: +SKIP
        kind  rank token  token_id  effect
     """
-    w_norm, w_u = _unembedding(model)
+    w_norm, w_u = unembedding(model)
     effect = (w_norm * _decoder(sae)[int(feature)]) @ w_u  # [d_vocab]
     k = min(k, len(effect))
     frames = []
@@ -262,7 +256,7 @@ def features_for_token(model: Any, sae: Any, store: ActivationStore, index: Feat
     ids = sorted({ids[0] for text in (token, " " + token)
                   if len(ids := model.tokenizer.encode(text, add_special_tokens=False)) == 1 and ids[0] != unknown})
     if ids:
-        w_norm, w_u = _unembedding(model)
+        w_norm, w_u = unembedding(model)
         effect = ((_decoder(sae) * w_norm) @ w_u[:, ids]).max(1).values  # [d_sae]
         values, best = effect.topk(min(k, len(effect)))
         rows += [{"feature": int(f), "match": "logit", "score": float(v)} for f, v in zip(best, values, strict=True)]
