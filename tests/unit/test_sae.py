@@ -70,6 +70,43 @@ def test_training_losses_match_sparsify_forward():
     assert ours["auxk"].item() > 0
 
 
+def _dense_losses(sae, x, dead, k, aux_alpha):
+    """The training loss written densely, autograd through relu, topk and a scatter (the oracle
+    for the sparse backward of ``topk_encoder``)."""
+    acts = ((x - sae.b_dec) @ sae.W_enc + sae.b_enc).relu()
+    values, indices = acts.topk(k, dim=-1)
+    z = torch.zeros_like(acts).scatter(-1, indices, values)
+    e = x - (z @ sae.W_dec + sae.b_dec)
+    total = (x - x.mean(0)).pow(2).sum()
+    k_aux = min(x.shape[-1] // 2, int(dead.sum()))
+    aux_values, aux_indices = torch.where(dead, acts, -torch.inf).topk(k_aux, dim=-1)
+    z_aux = torch.zeros_like(acts).scatter(-1, aux_indices, aux_values)
+    auxk = min(int(dead.sum()) / (x.shape[-1] // 2), 1.0) * (z_aux @ sae.W_dec - e.detach()).pow(2).sum() / total
+    return e.pow(2).sum() / total + aux_alpha * auxk
+
+
+@pytest.mark.parametrize("n_dead", [0, 3, 40])
+def test_the_sparse_backward_equals_autograd_through_the_dense_topk(n_dead):
+    sae = random_sae(d_in=12, d_sae=48, k=5)
+    with torch.no_grad():
+        sae.b_enc[:20] -= 30.0  # latents that never fire: some rows select zeros, AuxK picks zeros
+    x = torch.randn(24, 12, generator=torch.Generator().manual_seed(3))
+    x[:4] *= 0.01  # rows with fewer than k positive latents
+    dead = torch.zeros(48, dtype=torch.bool)
+    dead[torch.randperm(48, generator=torch.Generator().manual_seed(4))[:n_dead]] = True
+    grads = []
+    for loss_of in (lambda: (lambda o: o["fvu"] + 0.5 * o["auxk"])(topk_losses(sae, x, x, dead, 5)),
+                    lambda: _dense_losses(sae, x, dead, 5, 0.5)):
+        sae.zero_grad(set_to_none=True)
+        loss_of().backward()
+        grads.append({n: p.grad.clone() for n, p in sae.named_parameters() if p.grad is not None})
+    ours, dense = grads
+    assert set(ours) == set(dense) == {"W_enc", "b_enc", "W_dec", "b_dec"}
+    for name in dense:
+        torch.testing.assert_close(ours[name], dense[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert ours["W_enc"][:, :20].abs().max() == 0  # no gradient reaches latents that never fire
+
+
 def test_auxk_and_fvu_by_hand():
     # d_in 4 -> k_aux 2; 1 dead latent -> scale 1/2, it alone reconstructs the residual.
     sae = SparseAutoencoder(4, 3, 1, HOOK)

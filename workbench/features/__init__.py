@@ -2,7 +2,8 @@
 
 ``sae.py`` (:class:`SparseAutoencoder`: TopK / ReLU / JumpReLU, SAEs and transcoders),
 ``formats.py`` (:func:`load_sae`, ``sae.save``: SAELens's layout, sparsify's read too),
-``train.py`` (:func:`train_sae`: streamed from an ``ActivationStore``, seeded, resumable) and
+``train.py`` (:func:`train_sae`: streamed from an ``ActivationStore``, seeded, resumable; its
+TopK encoder with a sparse backward in ``topk_encoder.py``),
 ``metrics.py`` (:func:`sae_metrics`: L0, FVU, CE loss recovered, dead and dense latents) and
 ``contrasts.py`` (:func:`feature_contrasts`: the latents that differ most between the two sides
 of a suite's contrasts, with paired tests and Benjamini-Hochberg).

@@ -25,7 +25,9 @@ against sparsify's own writer and SAELens's documented layout. The step follows 
 (AuxK: the top ``d_in / 2`` dead latents reconstruct the residual, scaled by
 ``min(n_dead / (d_in / 2), 1)``, alpha = 1/32), tied initialisation, ``b_dec`` at the data mean,
 unit-norm decoder rows with the gradient component parallel to them removed, Adam
-(eps 6.25e-10), lr ``2e-4 / sqrt(d_sae / 2^14)``. BatchTopK (Bussmann et al. 2024) keeps the
+(eps 6.25e-10), lr ``2e-4 / sqrt(d_sae / 2^14)``. Only the selected latents are decoded
+(``embedding_bag``) and only they get gradient: the encoder's backward multiplies by the sparse
+matrix of selected gradients (``topk_encoder.py``), which halves a CPU step. BatchTopK (Bussmann et al. 2024) keeps the
 ``k * batch`` largest activations of the whole batch while training and becomes a JumpReLU with
 the mean batch threshold afterwards, as SAELens saves it.
 
@@ -51,6 +53,7 @@ import torch.nn.functional as F
 from workbench.common.files import atomic_path, atomic_write, atomic_write_json
 from workbench.features.formats import load_sae, save_sae
 from workbench.features.sae import SAEError, SparseAutoencoder
+from workbench.features.topk_encoder import topk_encode
 
 MANIFEST = "training.json"
 AUX_ALPHA = 1 / 32
@@ -179,53 +182,55 @@ def training_step(sae: SparseAutoencoder, optimizer, x: torch.Tensor, y: torch.T
         grad -= (grad * sae.W_dec).sum(-1, keepdim=True) * sae.W_dec
     optimizer.step()
     sae.normalize_decoder()
-    z = losses["z"].detach()
-    fired = (z > 0).any(0).cpu()
     state.since_fired += len(x)
-    state.since_fired[fired] = 0
+    state.since_fired[losses["fired"].cpu()] = 0
     if settings["architecture"] == "batchtopk":
-        state.threshold_sum += float(z[z > 0].min()) if bool((z > 0).any()) else 0.0
+        state.threshold_sum += losses["threshold"]
         state.threshold_n += 1
     return {"loss": loss.item(), "fvu": losses["fvu"].item(), "auxk": losses["auxk"].item(),
-            "l0": float((z > 0).sum(-1).float().mean()),
-            "dead_fraction": float(dead.float().mean())}
+            "l0": losses["l0"], "dead_fraction": float(dead.float().mean())}
 
 
 def topk_losses(sae: SparseAutoencoder, x: torch.Tensor, y: torch.Tensor, dead: torch.Tensor | None, k: int,
                 batch_topk: bool = False) -> dict[str, torch.Tensor]:
-    """The TopK training forward on normalised ``x``, ``y``: latents, FVU and AuxK loss (Gao et al. 2024).
+    """The TopK training forward on normalised ``x``, ``y``: reconstruction, FVU and AuxK loss (Gao et al. 2024).
 
     ``fvu = sum ||y - y_hat||^2 / sum ||y - mean(y)||^2`` over the batch; ``auxk`` is the same
     ratio for the residual ``e = y - y_hat`` (no gradient) against its reconstruction from the
     ``k_aux = d_out // 2`` largest dead-latent activations (``W_dec`` only, no ``b_dec``), times
-    ``min(n_dead / k_aux, 1)``; zero when no latent is dead.
+    ``min(n_dead / k_aux, 1)``; zero when no latent is dead. Also ``fired`` (which latents were
+    active in the batch), ``l0`` and, for BatchTopK, ``threshold`` (the smallest kept activation).
     """
     pre = x - sae.b_dec if sae.apply_b_dec_to_input else x
-    pre = pre @ sae.W_enc + sae.b_enc
-    acts = pre.relu()
+    n_dead = int(dead.sum()) if dead is not None else 0
+    k_aux = min(y.shape[-1] // 2, n_dead)
+    out: dict = {}
     if batch_topk:
+        acts = (pre @ sae.W_enc + sae.b_enc).relu()
         values, flat = acts.flatten().topk(k * len(x), sorted=False)
         z = torch.zeros_like(acts).flatten().scatter(0, flat, values).view_as(acts)
         recon = z @ sae.W_dec + sae.b_dec
+        active = z.detach() > 0
+        out["fired"], out["l0"] = active.any(0), float(active.sum(-1).float().mean())
+        out["threshold"] = float(values.detach()[values.detach() > 0].min()) if bool(active.any()) else 0.0
+        if k_aux:
+            aux_values, aux_indices = torch.where(dead, acts, -torch.inf).topk(k_aux, dim=-1, sorted=False)
     else:
-        values, indices = acts.topk(k, dim=-1, sorted=False)
-        # Only the k active rows of W_dec are read (and receive gradient): a sparse decode, as
-        # sparsify does; the dense latents are built for the caller's statistics only.
+        # Only the k active latents (and AuxK's dead ones) are decoded and receive gradient.
+        values, indices, aux_values, aux_indices = topk_encode(pre, sae.W_enc, sae.b_enc, k, dead, k_aux)
         recon = F.embedding_bag(indices, sae.W_dec, per_sample_weights=values, mode="sum") + sae.b_dec
-        with torch.no_grad():
-            z = torch.zeros_like(acts).scatter(-1, indices, values)
+        active = values.detach() > 0
+        out["fired"] = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, indices[active], True)
+        out["l0"] = float(active.sum(-1).float().mean())
     e = y - recon
     total_variance = (y - y.mean(0)).pow(2).sum()
     fvu = e.pow(2).sum() / total_variance
     auxk = fvu.new_zeros(())
-    n_dead = int(dead.sum()) if dead is not None else 0
-    if n_dead:
-        k_aux = y.shape[-1] // 2
-        scale = min(n_dead / k_aux, 1.0)
-        aux_values, aux_indices = torch.where(dead, acts, -torch.inf).topk(min(k_aux, n_dead), dim=-1, sorted=False)
+    if k_aux:
+        scale = min(n_dead / (y.shape[-1] // 2), 1.0)
         e_hat = F.embedding_bag(aux_indices, sae.W_dec, per_sample_weights=aux_values, mode="sum")
         auxk = scale * (e_hat - e.detach()).pow(2).sum() / total_variance
-    return {"z": z, "recon": recon, "fvu": fvu, "auxk": auxk}
+    return {**out, "recon": recon, "fvu": fvu, "auxk": auxk}
 
 
 # --- data ---------------------------------------------------------------------------------

@@ -4,6 +4,8 @@
   batched and resumed from the patched layer; equal to TransformerLens's ``get_act_patch_*``.
   :func:`patched_logits` re-runs one cell (or a few together) as one forward.
 - :func:`attribution_patch`: the gradient estimate of every cell from three passes.
+- :func:`feature_patch`: the same over a spliced SAE's latents, (position, latent) cells, exact
+  or by attribution (``features.py``; the SAE is duck-typed).
 - ``model.steer`` / ``model.ablate`` / ``model.ablate_heads`` / ``model.ablate_neurons``:
   temporary interventions (:mod:`workbench.models.interventions`).
 - :func:`dose_response`: a metric against steering strength, with a placebo direction.
@@ -21,6 +23,7 @@ from workbench.models.interventions import ablate, ablate_heads, ablate_neurons,
 from workbench.models.sites import SITES, Site
 from workbench.patching.attribution import attribution_agreement, attribution_patch
 from workbench.patching.dose import DoseResponse, dose_response
+from workbench.patching.features import feature_patch
 from workbench.patching.metrics import kl_to_clean, logit_diff, token_prob
 from workbench.patching.refusal import (
     RefusalDirection,
@@ -47,6 +50,7 @@ __all__ = [
     "category_directions",
     "cosine_matrix",
     "dose_response",
+    "feature_patch",
     "kl_to_clean",
     "logit_diff",
     "patch_sweep",
