@@ -8,6 +8,7 @@ import torch
 from workbench.features import SparseAutoencoder
 from workbench.store import cache_activations
 from workbench.viz.feature_explorer import (
+    HISTOGRAM_EDGES,
     FeatureExplorer,
     context_html,
     feature_density,
@@ -16,6 +17,7 @@ from workbench.viz.feature_explorer import (
     feature_values,
     features_for_token,
     features_in_text,
+    index_histogram,
     logit_effects,
     row_locations,
     top_contexts,
@@ -58,6 +60,15 @@ def test_index_is_numpy_top_k_and_density(sae, store, latents):
         np.testing.assert_allclose(latents[index.top_rows[nonzero, f], f], index.top_values[nonzero, f], rtol=1e-6)
     values = feature_values(sae, store, 3, chunk_rows=5)
     np.testing.assert_allclose(np.sort(values), np.sort(latents[latents[:, 3] > 0, 3]), rtol=1e-6)
+    # the index's histograms: numpy's on the same log-spaced edges, values beyond them in the end bins
+    edges = HISTOGRAM_EDGES
+    for f in range(latents.shape[1]):
+        nonzero = latents[latents[:, f] > 0, f]
+        expected, _ = np.histogram(np.clip(nonzero, edges[0], edges[-1]), bins=edges)
+        np.testing.assert_array_equal(index.histogram[f], expected)
+    counts, trimmed = index_histogram(index, 3)
+    assert counts.sum() == (latents[:, 3] > 0).sum() and counts[0] > 0 and counts[-1] > 0
+    assert len(trimmed) == len(counts) + 1 and trimmed[0] <= values.min() and values.max() < trimmed[-1]
 
 
 def test_contexts_are_the_stored_tokens_with_the_latents_of_their_neighbours(sae, store, latents):

@@ -14,8 +14,10 @@ What is computed, and how:
   of them, encoded from the neighbouring stored rows of the same text. Tokens whose activations
   were not stored (a ``"last"`` store, the edges of a slice) have none (``NaN``): a store with
   one row per text shows that row's token only.
-- **Histogram** (:func:`feature_values`): a second streamed pass collecting the latent's nonzero
-  activations (4 bytes each), binned by ``numpy.histogram``.
+- **Histogram**: the index pass also counts every latent's nonzero activations in fixed
+  log-spaced bins (:data:`HISTOGRAM_EDGES`, 20 per decade from 1e-4 to 1e4, values beyond them in
+  the end bins): exact counts, and a latent's histogram costs no second pass over the store
+  (:func:`index_histogram`). :func:`feature_values` streams one latent's values for a finer look.
 - **Logit effects** (:func:`logit_effects`): ``W_U^T (w_norm * W_dec[f] / scale_out)``, the
   direct effect of one unit of the latent on the logits when the final RMSNorm's data-dependent
   ``1/rms`` factor is left out (so it ranks tokens, its scale is arbitrary); ``w_norm`` is the
@@ -56,6 +58,7 @@ class FeatureIndex:
         top_rows: ``[top, d_sae]`` the store rows they were found at.
         counts: ``[d_sae]`` rows where the latent is nonzero.
         n_rows: rows read.
+        histogram: ``[d_sae, len(HISTOGRAM_EDGES) - 1]`` nonzero activations per bin.
     """
 
     hook: str
@@ -63,10 +66,14 @@ class FeatureIndex:
     top_rows: np.ndarray
     counts: np.ndarray
     n_rows: int
+    histogram: np.ndarray | None = None
 
     @property
     def max_activation(self) -> np.ndarray:
         return self.top_values[0]
+
+
+HISTOGRAM_EDGES = np.geomspace(1e-4, 1e4, 8 * 20 + 1)
 
 
 def _chunk_rows(sae: Any, chunk_rows: int | None) -> int:
@@ -95,10 +102,16 @@ def feature_index(sae: Any, store: ActivationStore, top: int = 20, chunk_rows: i
     values = torch.full((0, d_sae), -torch.inf)
     rows = torch.zeros((0, d_sae), dtype=torch.long)
     counts = torch.zeros(d_sae, dtype=torch.long)
+    n_bins = len(HISTOGRAM_EDGES) - 1
+    inner_edges = torch.from_numpy(HISTOGRAM_EDGES[1:-1]).float()
+    histogram = torch.zeros(d_sae * n_bins, dtype=torch.long)
     n_rows = 0
     for start, z in _chunks(sae, store, chunk_rows):
         n_rows += len(z)
         counts += (z > 0).sum(0)
+        rows_, columns = (z > 0).nonzero(as_tuple=True)
+        bins = torch.bucketize(z[rows_, columns], inner_edges, right=True)  # 0 .. n_bins - 1, ends open
+        histogram += torch.bincount(columns * n_bins + bins, minlength=d_sae * n_bins)
         chunk_values, chunk_rows_ = z.topk(min(top, len(z)), dim=0)  # [k, d_sae]
         values = torch.cat([values, chunk_values])
         rows = torch.cat([rows, chunk_rows_ + start])
@@ -106,7 +119,27 @@ def feature_index(sae: Any, store: ActivationStore, top: int = 20, chunk_rows: i
         rows = rows.gather(0, order)
     if n_rows == 0:
         raise ValueError(f"the store holds no rows of {sae.hook!r}")
-    return FeatureIndex(sae.hook, values.numpy(), rows.numpy(), counts.numpy(), n_rows)
+    return FeatureIndex(sae.hook, values.numpy(), rows.numpy(), counts.numpy(), n_rows,
+                        histogram.view(d_sae, n_bins).numpy())
+
+
+def index_histogram(index: FeatureIndex, feature: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(counts, edges)`` of a latent's nonzero activations from the index, trimmed to the bins
+    from its first to its last occupied one (empty when it never fires).
+
+    >>> index = FeatureIndex("h", np.zeros((1, 1)), np.zeros((1, 1), int), np.array([3]), 9,
+    ...                      np.array([[0, 2, 0, 1, 0]]))
+    >>> index_histogram(index, 0)[0].tolist()
+    [2, 0, 1]
+    """
+    if index.histogram is None:
+        raise ValueError("this index has no histogram (build it with feature_index)")
+    row = index.histogram[int(feature)]
+    occupied = np.flatnonzero(row)
+    if not len(occupied):
+        return np.zeros(0, np.int64), np.zeros(1)
+    lo, hi = occupied[0], occupied[-1] + 1
+    return row[lo:hi], HISTOGRAM_EDGES[lo : hi + 1]
 
 
 def feature_density(index: FeatureIndex, feature: int | None = None) -> np.ndarray | float:
@@ -334,11 +367,31 @@ def feature_histogram_figure(values: np.ndarray, density: float, feature: int, b
     [1, 1, 1]
     """
     counts, edges = np.histogram(values, bins=bins) if len(values) else (np.zeros(0), np.zeros(1))
-    fig = go.Figure(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=np.diff(edges),
-                           marker={"color": "#ff6600"}, hovertemplate="%{x:.3f}: %{y}<extra></extra>"))
+    return histogram_figure(counts, edges, density, feature)
+
+
+def histogram_figure(counts: np.ndarray, edges: np.ndarray, density: float, feature: int, *,
+                     log_x: bool = False) -> go.Figure:
+    """Bars of ``counts`` between ``edges``; with ``log_x``, on a log10 axis labelled in activations
+    (the index's log-spaced bins are then of equal width).
+
+    >>> histogram_figure(np.array([2, 1]), np.array([0.1, 1.0, 10.0]), 0.5, 3, log_x=True).data[0].x.tolist()
+    [-0.5, 0.5]
+    """
+    x_edges = np.log10(edges) if log_x and len(counts) else edges
+    fig = go.Figure(go.Bar(x=(x_edges[:-1] + x_edges[1:]) / 2, y=counts, width=np.diff(x_edges),
+                           customdata=np.stack([edges[:-1], edges[1:]], 1) if len(counts) else None,
+                           marker={"color": "#ff6600"},
+                           hovertemplate="%{customdata[0]:.3g} to %{customdata[1]:.3g}: %{y}<extra></extra>"))
+    xaxis = {"title": "activation"}
+    if log_x and len(counts):
+        decades = np.arange(np.floor(x_edges[0]), np.ceil(x_edges[-1]) + 1)
+        ticks = [v for d in decades for m in (1, 2, 5) if edges[0] <= (v := m * 10.0**d) <= edges[-1]]
+        ticks = ticks if len(ticks) >= 2 else [edges[0], edges[-1]]  # a narrow range: its ends
+        xaxis = {"title": "activation (log scale)", "range": [x_edges[0], x_edges[-1]],
+                 "tickvals": np.log10(ticks), "ticktext": [f"{v:.3g}" for v in ticks]}
     fig.update_layout(title=f"latent {int(feature)}: nonzero activations (density {density:.3%})",
-                      xaxis_title="activation", yaxis_title="rows", template="plotly_white", height=280,
-                      bargap=0.02)
+                      xaxis=xaxis, yaxis_title="rows", template="plotly_white", height=280, bargap=0.02)
     return fig
 
 
@@ -415,8 +468,7 @@ class FeatureExplorer(w.VBox):
         density = feature_density(self.index, feature)
         contexts = top_contexts(self.sae, self.store, self.index, feature, window=self.window, top=self.top)
         self.contexts.value = contexts_html(contexts, self.store.config["positions"]["policy"])
-        values = feature_values(self.sae, self.store, feature, self.chunk_rows)
-        refresh(self.histogram, feature_histogram_figure(values, density, feature))
+        refresh(self.histogram, histogram_figure(*index_histogram(self.index, feature), density, feature, log_x=True))
         self.logits.value = logits_html(logit_effects(self.model, self.sae, feature, k=10))
         self.summary.value = (f"density {density:.3%} ({int(self.index.counts[feature])} of {self.index.n_rows} "
                               f"rows), max {float(self.index.max_activation[feature]):.3f} at "
