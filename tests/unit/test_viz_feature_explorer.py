@@ -182,3 +182,20 @@ def test_histogram_figure_bins_the_values():
     fig = feature_histogram_figure(np.array([0.5, 1.0, 1.0, 2.0]), 0.25, 3, bins=3)
     assert list(fig.data[0].y) == [1, 2, 1] and "density 25.000%" in fig.layout.title.text
     assert len(feature_histogram_figure(np.zeros(0), 0.0, 3).data[0].y) == 0
+
+
+def test_tokens_inside_a_multibyte_character_show_their_bytes():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from workbench.viz._common import token_pieces
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())  # a byte-level BPE with no merges: a token per byte
+    backend = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
+    ids = tokenizer.encode("a日", add_special_tokens=False)
+    assert len(ids) == 4 and tokenizer.decode(ids) == "a日"
+    assert tokenizer.batch_decode([[i] for i in ids])[1:] == ["\ufffd"] * 3  # what a plain decode shows
+    assert token_pieces(tokenizer, ids) == ["a"] + [f"\\x{b:02x}" for b in "日".encode()]

@@ -23,6 +23,33 @@ _VISIBLE = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _ENTITIES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "'": "&#39;"})
 
 
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2 byte-level BPE's character for each byte, inverted: printable Latin-1 bytes stand for
+    themselves, the other 68 are mapped in byte order to the characters from U+0100 on."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    others = [b for b in range(256) if b not in printable]
+    return {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(others)}
+
+
+_BYTE_LEVEL = _byte_level_alphabet()
+
+
+def token_pieces(tokenizer: Any, ids: Iterable[int]) -> list[str]:
+    """Each token id decoded alone; a token that is part of a multi-byte character (it decodes to
+    U+FFFD) is shown by its bytes instead, ``\\xe2\\x80`` (byte-level BPE) or its vocabulary
+    entry such as ``<0xE2>`` (SentencePiece byte fallback).
+    """
+    ids = [int(i) for i in ids]
+    pieces = tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
+    for n, (token_id, piece) in enumerate(zip(ids, pieces, strict=True)):
+        if "\ufffd" in piece:
+            raw = tokenizer.convert_ids_to_tokens(token_id)
+            if raw and all(ch in _BYTE_LEVEL for ch in raw):
+                raw = bytes(_BYTE_LEVEL[ch] for ch in raw).decode("utf-8", errors="backslashreplace")
+            pieces[n] = raw or piece
+    return pieces
+
+
 def escape(text: object) -> str:
     """Text from data or a model, made safe to show in plotly text and ``HTML`` widgets.
 

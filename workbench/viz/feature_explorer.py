@@ -42,7 +42,7 @@ import plotly.graph_objects as go
 import torch
 
 from workbench.models.compare import unembedding
-from workbench.viz._common import escape, guarded, refresh, set_status, token_label
+from workbench.viz._common import escape, guarded, refresh, set_status, token_label, token_pieces
 
 if TYPE_CHECKING:
     from workbench.store import ActivationStore
@@ -237,7 +237,7 @@ def _decoder(sae: Any) -> torch.Tensor:
 
 
 def _pieces(model: Any, ids) -> list[str]:
-    return model.tokenizer.batch_decode([[int(i)] for i in ids], clean_up_tokenization_spaces=False)
+    return token_pieces(model.tokenizer, ids)
 
 
 def logit_effects(model: Any, sae: Any, feature: int, k: int = 10) -> pd.DataFrame:
