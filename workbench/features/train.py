@@ -27,9 +27,9 @@ against sparsify's own writer and SAELens's documented layout. The step follows 
 unit-norm decoder rows with the gradient component parallel to them removed, Adam
 (eps 6.25e-10), lr ``2e-4 / sqrt(d_sae / 2^14)``. Only the selected latents are decoded
 (``embedding_bag``) and only they get gradient: the encoder's backward multiplies by the sparse
-matrix of selected gradients (``topk_encoder.py``), which halves a CPU step. BatchTopK (Bussmann et al. 2024) keeps the
-``k * batch`` largest activations of the whole batch while training and becomes a JumpReLU with
-the mean batch threshold afterwards, as SAELens saves it.
+matrix of selected gradients (``topk_encoder.py``), which halves a CPU step. BatchTopK
+(Bussmann et al. 2024) keeps the ``k * batch`` largest activations of the whole batch while
+training and becomes a JumpReLU with the mean batch threshold afterwards, as SAELens saves it.
 
 Data: each batch is 8 runs of ``batch_size / 8`` consecutive store rows, the runs in a seeded
 permutation per epoch, so reading is a few contiguous slices of the memory map and memory does
