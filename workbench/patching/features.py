@@ -80,7 +80,7 @@ def feature_patch(
     d_sae = _width(sae)
     positions = _check_indices("positions", positions, n_pos)
     features = _check_indices("features", features, d_sae)
-    base_tokens, source_tokens = (corrupt_tokens, clean_tokens) if mode == "denoise" else (clean_tokens, corrupt_tokens)
+    base_tokens = corrupt_tokens if mode == "denoise" else clean_tokens
 
     with model.sae(sae) as latents:
         with torch.no_grad():
@@ -102,12 +102,14 @@ def feature_patch(
             delta = ((z_source - z_base) * grad).sum(0)  # [pos, d_sae], summed over prompts
             values = [base_value + float(delta[p, f]) for p, f in cells]
 
+    pieces = model.tokenizer.batch_decode([[int(t)] for t in base_tokens[0]])  # once per position
+    at = torch.tensor(cells, dtype=torch.long).reshape(-1, 2)
     frame = pd.DataFrame({
-        "position": [p for p, _ in cells],
-        "token": [model.tokenizer.decode([int(base_tokens[0, p])]) for p, _ in cells],
-        "feature": [f for _, f in cells],
-        "base_act": [float(z_base[:, p, f].mean()) for p, f in cells],
-        "source_act": [float(z_source[:, p, f].mean()) for p, f in cells],
+        "position": at[:, 0].numpy(),
+        "token": [pieces[p] for p, _ in cells],
+        "feature": at[:, 1].numpy(),
+        "base_act": z_base.mean(0)[at[:, 0], at[:, 1]].numpy(),
+        "source_act": z_source.mean(0)[at[:, 0], at[:, 1]].numpy(),
         "value": values,
     })
     effect = normalise(torch.tensor(frame["value"].to_numpy(), dtype=torch.float64), clean_value, corrupt_value,
